@@ -1,0 +1,122 @@
+"""The two-teacher reverse distillation network: teachers -> fusion -> OCBE -> student -> anomaly map.
+
+Targets are the frozen teacher features themselves (DESIGN.md point 5); light 1x1 heads map the
+student's features onto each teacher's channels. Fusion and attention sit on the input side and learn
+through the student's loss only, so no trainable module ever shapes its own target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rd2t.config import Config
+from rd2t.fusion import TeacherFusion
+from rd2t.student import OCBE, Decoder
+from rd2t.teachers import Teacher
+
+Features = list[list[torch.Tensor]]  # [teacher][scale] -> (B, C, H, W)
+
+
+class GaussianBlur(nn.Module):
+    """Fixed-weight separable Gaussian (scipy's default truncate=4) so the whole graph exports to ONNX."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        radius = int(4.0 * sigma + 0.5)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else (x == 0).float()
+        k = k / k.sum()
+        self.radius = radius
+        self.register_buffer("kernel_h", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("kernel_v", k.view(1, 1, -1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), self.kernel_h)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.kernel_v)
+
+
+def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine over channels, per pixel: (B, 1, H, W)."""
+    return 1 - F.cosine_similarity(student, teacher, dim=1).unsqueeze(1)
+
+
+class RD2T(nn.Module):
+    def __init__(self, config: Config, pretrained: bool | None = None):
+        super().__init__()
+        self.config = config
+        pretrained = config.pretrained if pretrained is None else pretrained
+        self.teachers = nn.ModuleList(
+            Teacher(name, config.out_indices, weights, pretrained)
+            for name, weights in zip(config.teachers, config.teacher_weights, strict=True)
+        )
+        teacher_channels = [t.channels for t in self.teachers]
+        self.fusion = TeacherFusion(teacher_channels, config.fusion, config.channel_attention)
+        widths = list(config.widths or teacher_channels[0])
+        self.ocbe = OCBE(self.fusion.out_channels, widths)
+        self.student = Decoder(config.student, self.ocbe.out_channels, widths, config.student_blocks)
+        # One teacher whose widths the student already has needs no head (exactly RD4AD); otherwise a 1x1
+        # head per teacher and scale, so that one student serves two teachers of any widths.
+        identity = len(self.teachers) == 1 and widths == teacher_channels[0]
+        self.heads = nn.ModuleList(
+            nn.ModuleList(nn.Identity() if identity else nn.Conv2d(w, c, 1) for w, c in zip(widths, ch, strict=True))
+            for ch in teacher_channels
+        )
+        self.blur = GaussianBlur(config.sigma)
+
+    # --- the pieces, usable separately by the trainer (which caches teacher features) ---
+    @torch.no_grad()
+    def teacher_features(self, images: torch.Tensor) -> Features:
+        return [t(images) for t in self.teachers]
+
+    def reconstruct(self, features: Features) -> Features:
+        """Student predictions of every teacher feature, same nesting and shapes as `features`."""
+        embedding = self.ocbe(self.fusion(features))
+        decoded = self.student(embedding)
+        return [[head(d) for head, d in zip(heads, decoded, strict=True)] for heads in self.heads]
+
+    def loss(self, features: Features, predictions: Features) -> torch.Tensor:
+        """Sum over teachers and scales of 1 - cosine (flattened per sample, or per pixel)."""
+        total = 0.0
+        for t_feats, s_feats in zip(features, predictions, strict=True):
+            for t, s in zip(t_feats, s_feats, strict=True):
+                if self.config.loss == "flat":
+                    total = total + (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
+                else:
+                    total = total + cosine_distance_map(s, t).mean()
+        return total
+
+    def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W): blurred sum over teachers and scales of upsampled 1 - cosine."""
+        amap = 0.0
+        for t_feats, s_feats in zip(features, predictions, strict=True):
+            for t, s in zip(t_feats, s_feats, strict=True):
+                d = cosine_distance_map(s, t)
+                amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
+        return self.blur(amap)
+
+    # --- inference ---
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) RGB in [0, 1] -> (scores (B,), maps (B, H, W))."""
+        features = self.teacher_features(images)
+        amap = self.anomaly_map(features, self.reconstruct(features), tuple(images.shape[-2:]))[:, 0]
+        return amap.flatten(1).amax(dim=1), amap
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images)
+        finally:
+            self.train(was_training)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
