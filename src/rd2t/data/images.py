@@ -1,0 +1,174 @@
+"""Reading images and ground-truth masks from disk, whatever mode or bit depth they were saved in.
+
+Every failure is an ``InputError`` whose message is one line naming the file and the problem, so the
+CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from rd2t.errors import InputError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Mask and image may be stored at different resolutions (e.g. masks drawn on a downscaled copy); we
+# accept that as long as the shapes agree, and refuse when the aspect ratio says they cannot be the same
+# picture.
+ASPECT_TOLERANCE = 0.01
+
+
+def _one_line(error: BaseException) -> str:
+    """The exception text squeezed onto one line (Pillow messages sometimes span several)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name.
+
+    Extensions are matched case-insensitively (VisA ships ``.JPG``). Hidden files are skipped because
+    macOS leaves ``._000.png`` companions next to real images and those are not images.
+    Raises ``InputError`` when the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: folder not found")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully decode ``path`` so truncated files fail here rather than later in a worker."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # copy() detaches the pixels from the file handle, which the context manager closes.
+            return im.copy() if im.mode != "P" else _palette_copy(im)
+    except FileNotFoundError:
+        raise InputError(f"{path}: cannot read {what} (file not found)") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: cannot read {what} (it is a folder)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: cannot read {what} (not an image format Pillow recognises)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # SyntaxError is what some Pillow plugins raise on malformed headers.
+        raise InputError(f"{path}: cannot read {what} ({_one_line(e)})") from None
+
+
+def _palette_copy(im: Image.Image) -> Image.Image:
+    # A palette image with a transparency entry must go through RGBA, otherwise Pillow warns and the
+    # transparent colour is lost; copying first keeps ``info`` (where the transparency lives).
+    return im.convert("RGBA") if "transparency" in im.info else im.copy()
+
+
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a high-bit-depth single-channel array to 0..255."""
+    if mode == "F":
+        array = array.astype(np.float64)
+        finite = array[np.isfinite(array)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 0.0
+        if lo >= 0.0 and hi <= 1.0:
+            # Float images are conventionally 0..1.
+            scaled = array * 255.0
+        else:
+            # Any other range (depth maps, raw sensor values) has no convention: stretch to 0..255.
+            scaled = (array - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(array)
+        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+    # "I;16*" and "I" (which older Pillow versions use for 16-bit PNG) hold 16-bit samples: map the
+    # full 0..65535 range linearly onto 0..255 instead of truncating to the low byte.
+    wide = np.clip(array.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Read an image as 8-bit RGB.
+
+    Accepts any mode Pillow decodes (1, L, LA, RGB, RGBA, P, CMYK, YCbCr, I;16, I, F ...). 16-bit and
+    32-bit samples are scaled to 8 bits; alpha is dropped (defect images are opaque in practice and
+    compositing over a colour would invent pixels). EXIF orientation is deliberately not applied: masks
+    are drawn on the stored pixels, so rotating the image alone would misalign them.
+    Raises ``InputError("<path>: cannot read image (<reason>)")`` for missing, corrupt or non-image files.
+    """
+    path = Path(path)
+    im = _open(path, "image")
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        gray = _to_uint8(np.asarray(im), im.mode)
+        return Image.fromarray(gray).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise InputError(
+            f"{path}: cannot read image (mode {im.mode} cannot be converted to RGB: {_one_line(e)})"
+        ) from None
+
+
+def _mask_array(im: Image.Image) -> np.ndarray:
+    """Foreground (> 0) of a mask in any mode, as a bool (H, W) array."""
+    if im.mode == "P":
+        # Palette index 0 is not necessarily black, so look at the colours, not the indices.
+        im = im.convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        # Alpha says nothing about the defect; the colour channels do.
+        im = im.convert("RGB" if im.mode == "RGBA" else "L")
+    if im.mode == "CMYK":
+        im = im.convert("RGB")
+    array = np.asarray(im)
+    if array.ndim == 3:
+        return (array > 0).any(axis=2)
+    return array > 0
+
+
+def _aspect_matches(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    mw, mh = mask_size
+    w, h = image_size
+    if min(mw, mh, w, h) <= 0:
+        return False
+    return abs((mw / mh) / (w / h) - 1.0) <= ASPECT_TOLERANCE
+
+
+def mask_size_problem(
+    mask_path: Path, mask_size: tuple[int, int], image_size: tuple[int, int], image_path: Path | None = None
+) -> str | None:
+    """The one-line complaint when a mask cannot be brought to the image size, else None."""
+    if mask_size == image_size or _aspect_matches(mask_size, image_size):
+        return None
+    image = f"image {image_path}" if image_path is not None else "the image"
+    return (
+        f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} but {image} is {image_size[0]}x{image_size[1]}"
+        " (aspect ratios differ, so the mask cannot be resized onto it)"
+    )
+
+
+def load_mask(
+    path: str | os.PathLike[str], size: tuple[int, int], *, image_path: str | os.PathLike[str] | None = None
+) -> np.ndarray:
+    """Read a ground-truth mask as a bool array of shape (H, W) for an image whose PIL size is (W, H).
+
+    Pixels > 0 (in any colour channel) are defective. A mask at another resolution with the same aspect
+    ratio (within 1 %) is resized with NEAREST so it stays binary; a different aspect ratio raises an
+    ``InputError`` naming the mask, its size and the image size (and ``image_path`` when given).
+    """
+    path = Path(path)
+    width, height = int(size[0]), int(size[1])
+    im = _open(path, "mask")
+    problem = mask_size_problem(path, im.size, (width, height), Path(image_path) if image_path else None)
+    if problem:
+        raise InputError(problem)
+    mask = _mask_array(im)
+    if mask.shape != (height, width):
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (width, height), Image.Resampling.NEAREST
+        )
+        mask = np.asarray(resized) > 0
+    return mask
