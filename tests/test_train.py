@@ -1,0 +1,154 @@
+"""Training: loss goes down, detection works end to end, checkpoints round-trip, resume is exact."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rd2t import checkpoint
+from rd2t.config import preset
+from rd2t.data import list_images
+from rd2t.errors import CheckpointError
+from rd2t.train import calibrate_threshold, load_model, split_validation, train
+from rd2t.transforms import to_model_input, to_uint8_tensor
+
+SIZE = 96
+
+
+def _cfg(**kw):
+    base = dict(image_size=SIZE, batch_size=8, val_fraction=0.2, device="cpu")
+    base.update(kw)
+    return preset("offline", **base)
+
+
+def _test_batch(root):
+    paths = sorted((root / "test").rglob("*.png"))
+    x = to_model_input(torch.stack([to_uint8_tensor(Image.open(p), SIZE) for p in paths]))
+    labels = np.array([p.parent.name != "good" for p in paths])
+    masks = []
+    for p in paths:
+        m = root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+        masks.append(np.array(Image.open(m).resize((SIZE, SIZE), Image.NEAREST)) > 0 if m.exists() else None)
+    return x, labels, masks
+
+
+@pytest.fixture(scope="module")
+def trained(texture_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(_cfg(epochs=8), list_images(texture_set / "train/good"), out, progress=False)
+    return result, out
+
+
+def test_training_lowers_the_loss(trained):
+    result, _ = trained
+    assert result.history[-1] < 0.5 * result.history[0]
+
+
+def test_end_to_end_detects_and_localises_painted_defects(trained, texture_set):
+    result, _ = trained
+    x, labels, masks = _test_batch(texture_set)
+    scores, maps = result.model.predict(x)
+    scores = scores.numpy()
+    assert scores[labels].min() > scores[~labels].max(), "every defective image must outrank every good one"
+    hits = 0
+    for amap, mask in zip(maps.numpy()[labels], [m for m, lab in zip(masks, labels) if lab]):
+        y, xx = np.unravel_index(amap.argmax(), amap.shape)
+        hits += bool(mask[y, xx])
+    assert hits == labels.sum(), f"map maximum inside the defect for {hits}/{labels.sum()} images"
+    # The calibrated threshold (from held-out good images) passes the good and fails the defective ones.
+    thr = result.threshold["value"]
+    assert result.threshold["source"] == "validation"
+    assert (scores[labels] > thr).all() and (scores[~labels] <= thr).mean() >= 0.8
+
+
+def test_checkpoint_round_trip_gives_identical_scores(trained, texture_set):
+    result, out = trained
+    x, _, _ = _test_batch(texture_set)
+    model, payload = load_model(out / "model.pt")
+    assert payload["complete"] and payload["threshold"]["value"] == result.threshold["value"]
+    assert torch.equal(model.predict(x)[1], result.model.predict(x)[1])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_path):
+    images = list_images(texture_set / "train/good")[:12]
+    cfg = _cfg(epochs=3, image_size=64, batch_size=4)
+    full = train(cfg, images, tmp_path / "full", progress=False)
+    part = train(cfg, images, tmp_path / "part", progress=False, stop_after=2)
+    assert not checkpoint.load(tmp_path / "part/last.pt")["complete"]
+    assert not (tmp_path / "part/model.pt").exists()
+    resumed = train(cfg, images, tmp_path / "part", progress=False, resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert full.history == resumed.history
+
+
+def test_same_seed_same_scores_other_seed_other_scores(texture_set, tmp_path):
+    images = list_images(texture_set / "train/good")[:10]
+    x, _, _ = _test_batch(texture_set)
+    runs = [train(_cfg(epochs=2, image_size=64, batch_size=4, seed=s), images, tmp_path / str(i), progress=False)
+            for i, s in enumerate((0, 0, 1))]
+    x = torch.nn.functional.interpolate(x, size=64)
+    s = [r.model.predict(x)[0] for r in runs]
+    assert torch.equal(s[0], s[1]) and not torch.allclose(s[0], s[2])
+
+
+def test_disk_cache_trains_like_the_memory_cache_and_no_cache_is_close(texture_set, tmp_path):
+    images = list_images(texture_set / "train/good")[:10]
+    runs = {c: train(_cfg(epochs=2, image_size=64, batch_size=4, cache=c), images, tmp_path / c, progress=False)
+            for c in ("memory", "disk", "none")}
+    assert runs["memory"].history == runs["disk"].history
+    assert any((tmp_path / "disk/cache").glob("*.npy"))
+    # fp16 caching is the only difference from live teacher features: tiny at first, Adam then amplifies it.
+    assert runs["memory"].history[0] == pytest.approx(runs["none"].history[0], rel=5e-3)
+    assert runs["memory"].history[1] == pytest.approx(runs["none"].history[1], rel=5e-2)
+
+
+def test_interrupted_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    good = checkpoint.save(tmp_path / "last.pt", {"epoch": 1})
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path / "last.pt", {"epoch": 2})
+    monkeypatch.undo()
+    assert checkpoint.load(good)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file left behind"
+
+
+def test_truncated_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
+    path = checkpoint.save(tmp_path / "m.pt", {"epoch": 1})
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable rd2t checkpoint"):
+        checkpoint.load(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: not an rd2t checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    old = torch.load(path, weights_only=True)
+    old["format_version"] = 0
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old\.pt: checkpoint format 0"):
+        checkpoint.load(tmp_path / "old.pt")
+
+
+def test_unreadable_training_image_is_skipped_not_fatal(texture_set, tmp_path, capsys):
+    images = list_images(texture_set / "train/good")[:6]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    result = train(_cfg(epochs=1, image_size=64, batch_size=2, val_fraction=0), images + [bad], tmp_path / "r",
+                   progress=False)
+    assert "broken.png" in capsys.readouterr().err
+    assert str(bad) not in checkpoint.load(result.checkpoint)["train_files"]
+
+
+def test_threshold_rules_and_validation_split():
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    assert calibrate_threshold(scores, "max") == 4.0
+    assert calibrate_threshold(scores, "quantile:0.5") == 2.5
+    assert calibrate_threshold(scores, "mean+3std") == pytest.approx(2.5 + 3 * np.std(scores, ddof=1))
+    paths = [f"{i}.png" for i in range(20)]
+    train_p, val_p = split_validation(paths, 0.1, seed=0)
+    assert len(val_p) == 2 and not set(train_p) & set(val_p)
+    assert split_validation(paths, 0.1, seed=0) == (train_p, val_p)
