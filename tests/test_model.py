@@ -115,7 +115,9 @@ def test_loss_variants_and_perfect_reconstruction_gives_zero_map():
     amap = model.anomaly_map(feats, feats, (SMALL, SMALL))
     assert float(amap.abs().max()) < 1e-4
     flipped = [[-f for f in tf] for tf in feats]  # cosine -1 everywhere: 2 per teacher and scale
-    assert float(model.anomaly_map(feats, flipped, (SMALL, SMALL)).mean()) == pytest.approx(2 * 2 * 3, rel=1e-3)
+    assert float(model.anomaly_map(feats, flipped, (SMALL, SMALL)).mean()) == pytest.approx(
+        2 * 2 * 3, rel=1e-3
+    )
 
 
 def test_offline_weights_are_real_imagenet_weights():
@@ -126,7 +128,11 @@ def test_offline_weights_are_real_imagenet_weights():
         model = build_classifier(name).eval()
         cfg = model.pretrained_cfg
         for photo, allowed in (("chelsea", {egyptian_cat, tabby, tiger_cat}), ("coffee", {espresso, cup})):
-            img = Image.fromarray(getattr(skdata, photo)()).convert("RGB").resize(cfg["input_size"][1:], Image.BICUBIC)
+            img = (
+                Image.fromarray(getattr(skdata, photo)())
+                .convert("RGB")
+                .resize(cfg["input_size"][1:], Image.BICUBIC)
+            )
             x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float()[None] / 255
             x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
             with torch.no_grad():
@@ -152,12 +158,16 @@ def test_local_weights_file_loads_strictly_and_names_mismatches(tmp_path):
     save_file(ref.state_dict(), str(st))
     for path in (pth, st):
         teacher = Teacher("resnet18", weights=str(path))
-        assert torch.equal(teacher.features.state_dict()["layer1.0.conv1.weight"], ref.state_dict()["layer1.0.conv1.weight"])
+        assert torch.equal(
+            teacher.features.state_dict()["layer1.0.conv1.weight"], ref.state_dict()["layer1.0.conv1.weight"]
+        )
     broken = dict(ref.state_dict())
     broken.pop("layer2.0.conv1.weight")
     broken["extra.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "bad.pth")
-    with pytest.raises(WeightsError, match=r"missing keys: layer2\.0\.conv1\.weight.*unexpected keys: extra\.weight"):
+    with pytest.raises(
+        WeightsError, match=r"missing keys: layer2\.0\.conv1\.weight.*unexpected keys: extra\.weight"
+    ):
         Teacher("resnet18", weights=str(tmp_path / "bad.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="junk.pth: cannot read"):

@@ -51,7 +51,8 @@ def test_end_to_end_detects_and_localises_painted_defects(trained, texture_set):
     scores = scores.numpy()
     assert scores[labels].min() > scores[~labels].max(), "every defective image must outrank every good one"
     hits = 0
-    for amap, mask in zip(maps.numpy()[labels], [m for m, lab in zip(masks, labels) if lab]):
+    defect_masks = [m for m, lab in zip(masks, labels, strict=True) if lab]
+    for amap, mask in zip(maps.numpy()[labels], defect_masks, strict=True):
         y, xx = np.unravel_index(amap.argmax(), amap.shape)
         hits += bool(mask[y, xx])
     assert hits == labels.sum(), f"map maximum inside the defect for {hits}/{labels.sum()} images"
@@ -73,7 +74,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_pat
     images = list_images(texture_set / "train/good")[:12]
     cfg = _cfg(epochs=3, image_size=64, batch_size=4)
     full = train(cfg, images, tmp_path / "full", progress=False)
-    part = train(cfg, images, tmp_path / "part", progress=False, stop_after=2)
+    train(cfg, images, tmp_path / "part", progress=False, stop_after=2)
     assert not checkpoint.load(tmp_path / "part/last.pt")["complete"]
     assert not (tmp_path / "part/model.pt").exists()
     resumed = train(cfg, images, tmp_path / "part", progress=False, resume=True)
@@ -85,8 +86,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_pat
 def test_same_seed_same_scores_other_seed_other_scores(texture_set, tmp_path):
     images = list_images(texture_set / "train/good")[:10]
     x, _, _ = _test_batch(texture_set)
-    runs = [train(_cfg(epochs=2, image_size=64, batch_size=4, seed=s), images, tmp_path / str(i), progress=False)
-            for i, s in enumerate((0, 0, 1))]
+    runs = [
+        train(_cfg(epochs=2, image_size=64, batch_size=4, seed=s), images, tmp_path / str(i), progress=False)
+        for i, s in enumerate((0, 0, 1))
+    ]
     x = torch.nn.functional.interpolate(x, size=64)
     s = [r.model.predict(x)[0] for r in runs]
     assert torch.equal(s[0], s[1]) and not torch.allclose(s[0], s[2])
@@ -94,8 +97,10 @@ def test_same_seed_same_scores_other_seed_other_scores(texture_set, tmp_path):
 
 def test_disk_cache_trains_like_the_memory_cache_and_no_cache_is_close(texture_set, tmp_path):
     images = list_images(texture_set / "train/good")[:10]
-    runs = {c: train(_cfg(epochs=2, image_size=64, batch_size=4, cache=c), images, tmp_path / c, progress=False)
-            for c in ("memory", "disk", "none")}
+    runs = {
+        c: train(_cfg(epochs=2, image_size=64, batch_size=4, cache=c), images, tmp_path / c, progress=False)
+        for c in ("memory", "disk", "none")
+    }
     assert runs["memory"].history == runs["disk"].history
     assert any((tmp_path / "disk/cache").glob("*.npy"))
     # fp16 caching is the only difference from live teacher features: tiny at first, Adam then amplifies it.
@@ -137,8 +142,12 @@ def test_unreadable_training_image_is_skipped_not_fatal(texture_set, tmp_path, c
     images = list_images(texture_set / "train/good")[:6]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG garbage")
-    result = train(_cfg(epochs=1, image_size=64, batch_size=2, val_fraction=0), images + [bad], tmp_path / "r",
-                   progress=False)
+    result = train(
+        _cfg(epochs=1, image_size=64, batch_size=2, val_fraction=0),
+        images + [bad],
+        tmp_path / "r",
+        progress=False,
+    )
     assert "broken.png" in capsys.readouterr().err
     assert str(bad) not in checkpoint.load(result.checkpoint)["train_files"]
 

@@ -42,12 +42,15 @@ def load(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle error, foreign file: all unusable
-        raise CheckpointError(f"{path}: not a readable rd2t checkpoint (truncated or corrupt: {type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a readable rd2t checkpoint (truncated or corrupt: {type(e).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an rd2t checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {payload.get('format_version')} from rd2t {payload.get('rd2t_version')}, "
+            f"{path}: checkpoint format {payload.get('format_version')} "
+            f"from rd2t {payload.get('rd2t_version')}, "
             f"this rd2t {__version__} reads format {FORMAT_VERSION}"
         )
     return payload

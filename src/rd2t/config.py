@@ -18,7 +18,11 @@ class Config:
     # Optional local weight files, one per teacher (None: packaged offline weights, then the timm hub).
     teacher_weights: tuple[str | None, ...] = (None, None)
     pretrained: bool = True  # False: random teacher weights (tests, timing only)
-    out_indices: tuple[int, ...] = (1, 2, 3)  # timm feature levels: strides 4/8/16 for ResNet and EfficientNet
+    out_indices: tuple[int, ...] = (
+        1,
+        2,
+        3,
+    )  # timm feature levels: strides 4/8/16 for ResNet and EfficientNet
     # Internal widths of the bottleneck/student per scale; None = the first teacher's channels.
     widths: tuple[int, ...] | None = (64, 128, 256)
     fusion: str = "iaff"  # "iaff" | "sum" (two teachers); ignored with one teacher
@@ -65,7 +69,9 @@ class Config:
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
-                raise RD2TError(f"config: {name}={getattr(self, name)!r}, expected one of {', '.join(allowed)}")
+                raise RD2TError(
+                    f"config: {name}={getattr(self, name)!r}, expected one of {', '.join(allowed)}"
+                )
         if self.image_size % 32:
             raise RD2TError(f"config: image_size must be a multiple of 32, got {self.image_size}")
 
@@ -87,7 +93,7 @@ PRESETS: dict[str, tuple[str, Config]] = {
         Config(preset="offline"),
     ),
     "paper": (
-        "the paper's teachers: WideResNet-50-2 + ResNet-50, torchvision ImageNet weights (hub or local files)",
+        "the paper's teachers: WideResNet-50-2 + ResNet-50, torchvision ImageNet weights (hub or files)",
         Config(
             preset="paper",
             teachers=("wide_resnet50_2.tv_in1k", "resnet50.tv_in1k"),

@@ -82,15 +82,19 @@ class TeacherFusion(nn.Module):
     With one teacher this reduces to (optional) channel attention on its features.
     """
 
-    def __init__(self, teacher_channels: list[list[int]], fusion: str = "iaff", channel_attention: bool = True):
+    def __init__(
+        self, teacher_channels: list[list[int]], fusion: str = "iaff", channel_attention: bool = True
+    ):
         super().__init__()
         n_scales = len(teacher_channels[0])
         self.out_channels = [max(ch[s] for ch in teacher_channels) for s in range(n_scales)]
         self.align = nn.ModuleList(
-            nn.ModuleList(align(ch[s], self.out_channels[s]) for s in range(n_scales)) for ch in teacher_channels
+            nn.ModuleList(align(ch[s], self.out_channels[s]) for s in range(n_scales))
+            for ch in teacher_channels
         )
         self.attention = nn.ModuleList(
-            nn.ModuleList(ChannelAttention(c, channel_attention) for c in self.out_channels) for _ in teacher_channels
+            nn.ModuleList(ChannelAttention(c, channel_attention) for c in self.out_channels)
+            for _ in teacher_channels
         )
         self.fuse = None
         if len(teacher_channels) == 2:

