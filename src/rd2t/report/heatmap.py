@@ -1,0 +1,113 @@
+"""Anomaly heat maps as pictures: colour a map, blend it over its image, outline masks.
+
+Every function takes the colour scale ``(low, high)`` explicitly instead of stretching each map to its
+own min..max: a report colours all its maps on ONE shared scale, so a red spot means the same score
+on every image and a defect-free image stays calm instead of showing its own noise in full red.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["COLORMAP", "binary_mask", "colorize", "contour", "overlay", "resize_map"]
+
+# "jet" is the colour scale used throughout the anomaly-detection literature (MVTec AD, RD4AD), so
+# engineers read it without a legend: blue = normal, red = anomalous.
+COLORMAP = "jet"
+# Overlay weight = alpha * t ** WEIGHT_GAMMA. Linear (1.0) paints every normal image's low-level noise
+# in jet's saturated dark blue; 1.5 keeps that faint while t = 0.75 still gets 65 % of alpha.
+WEIGHT_GAMMA = 1.5
+
+
+@lru_cache(maxsize=4)
+def _lut(name: str) -> np.ndarray:
+    """The colormap as a 256x3 uint8 table (matplotlib imported on first use, not at module load)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+    return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+
+def _normalise(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map values to [0, 1] on the scale low..high (clipped); NaN counts as low (nothing to show)."""
+    a = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=low, posinf=high, neginf=low)
+    span = float(high) - float(low)
+    if not span > 0:
+        # A degenerate scale (one value everywhere) must not divide by zero: above it is hot, else cold.
+        return (a > low).astype(np.float32)
+    return np.clip((a - np.float32(low)) / np.float32(span), 0.0, 1.0)
+
+
+def colorize(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
+    """HxWx3 uint8 picture of a 2-D map: ``low`` and below get the colormap's start, ``high`` up its end."""
+    t = _normalise(anomaly_map, low, high)
+    if t.ndim != 2:
+        raise ValueError(f"anomaly map must be 2-D, got shape {t.shape}")
+    return _lut(COLORMAP)[np.round(t * 255).astype(np.intp)]
+
+
+def resize_map(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (W, H); maps are usually at the model's 256x256 resolution."""
+    a = np.asarray(anomaly_map, dtype=np.float32)
+    if a.shape == (size_wh[1], size_wh[0]):
+        return a
+    # Mode "F" keeps full float precision through Pillow's resampling.
+    return np.asarray(Image.fromarray(a).resize(size_wh, Image.Resampling.BILINEAR))
+
+
+def overlay(
+    image: Image.Image, anomaly_map: np.ndarray, low: float, high: float, alpha: float = 0.5
+) -> Image.Image:
+    """The image with the coloured map blended on top, the map resized (bilinear) to the image's size.
+
+    The blend weight of each pixel is ``alpha`` times its normalised value t in [0, 1] (to the power
+    WEIGHT_GAMMA), so where the map is at or below ``low`` the part is shown untouched and only hot
+    spots are painted over it: the quality engineer still sees the part's surface everywhere the model
+    finds nothing, and weak noise does not tint the whole part blue.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    amap = resize_map(anomaly_map, image.size)
+    weight = (float(alpha) * _normalise(amap, low, high) ** WEIGHT_GAMMA)[..., None]
+    colour = colorize(amap, low, high).astype(np.float32)
+    blended = rgb * (1.0 - weight) + colour * weight
+    return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+def _resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """A bool mask at (W, H). Shrinking keeps any covered pixel, so a 1-px scratch never vanishes."""
+    m = np.asarray(mask) != 0
+    if m.shape == (size_wh[1], size_wh[0]):
+        return m
+    im = Image.fromarray(m.astype(np.uint8) * 255)
+    if size_wh[0] * size_wh[1] < m.size:
+        return np.asarray(im.resize(size_wh, Image.Resampling.BOX)) > 0
+    return np.asarray(im.resize(size_wh, Image.Resampling.NEAREST)) > 0
+
+
+def contour(
+    image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0), width: int = 1
+) -> Image.Image:
+    """The image with the outline of a binary mask drawn in ``color`` (the mask is resized to the image).
+
+    The outline is the mask's own border pixels (``width`` pixels thick, inside the region), so the
+    region's interior stays visible. A region touching the image edge is closed along that edge.
+    """
+    rgb = np.array(image.convert("RGB"))
+    m = _resize_mask(mask, image.size)
+    # border_value=0: pixels on the image edge count as border, so edge regions get a closed outline.
+    inner = ndimage.binary_erosion(m, structure=np.ones((3, 3), bool), iterations=max(1, int(width)))
+    rgb[m & ~inner] = color
+    return Image.fromarray(rgb)
+
+
+def binary_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+    """The predicted defect region: bool array, True where the map exceeds ``threshold``.
+
+    With rd2t the image score is the maximum of its map, so an image is flagged exactly when this
+    region is not empty.
+    """
+    return np.asarray(anomaly_map) > threshold
