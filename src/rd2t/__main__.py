@@ -1,0 +1,5 @@
+import sys
+
+from rd2t.cli import main
+
+sys.exit(main())
