@@ -338,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, prog_name="rd2t", standalone_mode=False)
+        code = app(args=argv, prog_name="rd2t", standalone_mode=False)
+        if isinstance(code, int):  # click returns typer.Exit codes in non-standalone mode
+            return code
     except RD2TError as e:
         if debug:
             raise

@@ -1,0 +1,155 @@
+"""The tool in a user's hands: CLI commands, exit codes, bad input, and the Python API."""
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rd2t import Detector
+from rd2t.cli import main
+
+TINY = ["--epochs", "2", "--image-size", "64", "--batch-size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained_cli(texture_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    rc = main(["train", str(texture_set), "--out", str(out), *TINY])
+    assert rc == 0
+    return out / "model.pt"
+
+
+def _run(capsys, *args):
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_presets_lists_the_four_named_configs(capsys):
+    rc, out, _ = _run(capsys, "presets")
+    assert rc == 0 and all(n in out for n in ("offline", "paper", "rd4ad", "rd4ad-offline"))
+
+
+def test_train_writes_a_model_with_a_threshold_from_held_out_good_images(trained_cli):
+    from rd2t import checkpoint
+
+    payload = checkpoint.load(trained_cli)
+    assert payload["complete"] and payload["threshold"]["source"] == "validation"
+    assert len(payload["val_files"]) >= 2 and not set(payload["val_files"]) & set(payload["train_files"])
+    assert all("/train/good/" in p for p in payload["train_files"])  # test images never trained on
+
+
+def test_predict_scores_good_files_skips_bad_ones_and_exits_2(trained_cli, texture_set, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    shutil.copytree(texture_set / "test/good", folder)
+    (folder / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rc, out, err = _run(
+        capsys, "predict", trained_cli, folder, tmp_path / "missing.png", "--out", tmp_path / "ov"
+    )
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rc == 2
+    assert len(rows) == 6 and all(isinstance(r["score"], float) for r in rows)
+    assert "zz_corrupt.png" in err and "missing.png: no such file" in err and "Traceback" not in err
+    assert all((tmp_path / "ov" / f"{i:03d}_heatmap.png").exists() for i in range(6))
+
+
+def test_predict_exit_code_tells_pass_or_defective(trained_cli, texture_set, tmp_path, capsys):
+    bad = sorted((texture_set / "test/stain").glob("*.png"))
+    rc, out, _ = _run(capsys, "predict", trained_cli, *bad, "--threshold", "1e9")
+    assert rc == 0 and all(not json.loads(r)["defective"] for r in out.splitlines())
+    rc, out, _ = _run(
+        capsys,
+        "predict",
+        trained_cli,
+        *bad,
+        "--threshold",
+        "0",
+        "--format",
+        "csv",
+        "--masks",
+        "--out",
+        tmp_path,
+    )
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 1 and len(rows) == len(bad) and all(r["defective"] == "True" for r in rows)
+    assert (tmp_path / f"{bad[0].stem}_mask.png").exists()
+
+
+def test_predict_accepts_globs(trained_cli, texture_set, capsys):
+    rc, out, _ = _run(capsys, "predict", trained_cli, str(texture_set / "test" / "*" / "00[01].png"))
+    assert rc in (0, 1) and len(out.splitlines()) == 4
+
+
+def test_evaluate_writes_json_markdown_and_report(trained_cli, texture_set, tmp_path, capsys):
+    rc, out, _ = _run(
+        capsys, "evaluate", "--checkpoint", trained_cli, "--data", texture_set, "--out", tmp_path
+    )
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["per_defect"]) == {"stain"}
+    assert 0.0 <= metrics["metrics"]["au_pro"] <= 1.0
+    assert "| all |" in (tmp_path / "metrics.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "stain" in html and "http://" not in html
+
+
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (lambda d, c: ["train", d / "nowhere", "--out", d / "o"], "nowhere: no such file or folder"),
+        (lambda d, c: ["train", d / "empty", "--out", d / "o"], "empty"),
+        (lambda d, c: ["train", d / "notimages", "--out", d / "o"], "notimages"),
+        (lambda d, c: ["train", d, "--dataset", "mvtec", "--category", "bottle", "--out", d / "o"], "bottle"),
+        (lambda d, c: ["predict", d / "cut.pt", d], "cut.pt: not a readable rd2t checkpoint"),
+        (lambda d, c: ["predict", c, d / "empty"], "empty: folder holds no images"),
+        (
+            lambda d, c: ["evaluate", "--checkpoint", d / "nope.pt", "--data", d],
+            "nope.pt: checkpoint not found",
+        ),
+        (lambda d, c: ["train", d, "--preset", "nonsense", "--out", d / "o"], "unknown preset 'nonsense'"),
+        (
+            lambda d, c: ["benchmark", "--dataset", "mvtec", "--root", d / "nowhere"],
+            "nowhere: no such folder",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_naming_what_and_where(make_args, expected, trained_cli, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notimages").mkdir()
+    (tmp_path / "notimages" / "readme.txt").write_text("hello")
+    data = trained_cli.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    rc, _, err = _run(capsys, *make_args(tmp_path, trained_cli))
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert lines and expected in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    from rd2t.errors import RD2TError
+
+    with pytest.raises(RD2TError):
+        main(["predict", str(tmp_path / "x.pt"), str(tmp_path), "--debug"])
+
+
+def test_detector_api_fit_predict_save_load_in_memory(texture_set, tmp_path):
+    det = Detector("offline", epochs=2, image_size=64, batch_size=4, device="cpu")
+    det.fit(texture_set / "train/good", out_dir=tmp_path / "run", progress=False)
+    path = texture_set / "test/stain/000.png"
+    arr = np.array(Image.open(path).convert("RGB"))
+    p_path, p_pil, p_arr = det.predict(path), det.predict(Image.open(path)), det.predict(arr)
+    assert p_path.score == pytest.approx(p_pil.score) == pytest.approx(p_arr.score)
+    assert p_arr.anomaly_map.shape == arr.shape[:2]  # map at the image's own size
+    batch = det.predict(np.stack([arr, arr]))
+    assert len(batch) == 2 and batch[0].score == pytest.approx(p_arr.score)
+    det.threshold = p_arr.score - 1e-3
+    assert det.predict(arr).is_defective
+    det.save(tmp_path / "copy.pt")
+    loaded = Detector.load(tmp_path / "copy.pt")
+    assert loaded.threshold == pytest.approx(det.threshold)
+    assert loaded.predict(arr).score == pytest.approx(p_arr.score, abs=1e-6)
