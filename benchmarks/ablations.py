@@ -40,13 +40,14 @@ DATASETS = {
 }
 
 
-def _config(row: str, epochs: int, device: str):
+def _config(row: str, epochs: int, device: str, val_fraction: float):
     from rd2t.config import preset
 
     spec = ROWS[row]
+    common = dict(epochs=epochs, device=device, val_fraction=val_fraction)
     if isinstance(spec, str):
-        return preset(spec, epochs=epochs, device=device)
-    return preset("offline", epochs=epochs, device=device, **spec)
+        return preset(spec, **common)
+    return preset("offline", **common, **spec)
 
 
 def _run(
@@ -59,6 +60,7 @@ def _run(
     device: str,
     resized: bool,
     threads: int,
+    val_fraction: float = 0.1,
 ) -> dict:
     import torch
 
@@ -76,7 +78,7 @@ def _run(
         size_of = lambda s, wh: tuple(sizes[str(s.path.relative_to(root / category))])  # noqa: E731
     slug = row.split(" (")[0].replace(" ", "_").replace(",", "")
     job = Job("mvtec", str(root), category, seed, str(Path(out) / dataset / slug))
-    rec = run_job(job, _config(row, epochs, device), split=split, size_of=size_of)
+    rec = run_job(job, _config(row, epochs, device, val_fraction), split=split, size_of=size_of)
     rec["row"], rec["dataset"] = row, dataset
     if "metrics_at_256" not in rec:
         # Also score at the model's 256 px, as many papers' code and the DESIGN reference sketch do.
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--resized", action="store_true")
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="good training images held out")
     a = ap.parse_args()
     threads = max(1, (os.cpu_count() or 2) // a.workers)
     synth = [DATASETS[d][1] for d in a.datasets if d.startswith("synth_")]
@@ -144,7 +147,7 @@ def main() -> None:
 
         make_dataset(Path(a.data) / "synth", seed=0, categories=tuple(synth))
     args = [
-        (row, ds, a.data, seed, a.out, a.epochs, a.device, a.resized, threads)
+        (row, ds, a.data, seed, a.out, a.epochs, a.device, a.resized, threads, a.val_fraction)
         for ds in a.datasets
         for seed in range(a.seeds)
         for row in a.rows
