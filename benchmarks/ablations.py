@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rd2t.benchmark import METRICS, mean_std
+
 T1, T2 = "tf_efficientnet_lite2", "tf_efficientnet_lite0"
 ROWS = {
     "single T1 (Lite2)": dict(teachers=(T1,), teacher_weights=(None,)),
@@ -114,14 +116,9 @@ def summarise(records: list[dict], epochs: int) -> str:
             rr = [r for r in rs if r["row"] == row]
             if not rr:
                 continue
-            cells = []
-            for m in ("image_auroc", "pixel_auroc", "au_pro"):
-                v = 100 * np.array([r["metrics"][m] for r in rr])
-                cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
+            cells = [mean_std([r["metrics"][m] for r in rr]) for m in METRICS]
+            cells += [mean_std([r["metrics_at_256"][m] for r in rr]) for m in ("pixel_auroc", "au_pro")]
             t = np.mean([r["train_seconds"] for r in rr])
-            for m in ("pixel_auroc", "au_pro"):
-                v = 100 * np.array([r["metrics_at_256"][m] for r in rr])
-                cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {t:.0f} |")
         lines.append("")
     return "\n".join(lines)

@@ -82,7 +82,8 @@ def run_job(
     return record
 
 
-def _pm(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """'mean ± std' in % over seeds (sample std), or the single value."""
     v = np.array([x for x in values if x is not None and not np.isnan(x)], dtype=float) * 100
     if len(v) == 0:
         return "—"
@@ -96,9 +97,8 @@ def table(records: list[dict], dataset: str, title: str = "rd2t (measured)") -> 
     means = {m: [] for m in METRICS}
     for c in cats:
         rs = [r for r in records if r["category"] == c]
-        lines.append(
-            f"| {c} | {len(rs)} | " + " | ".join(_pm([r["metrics"][m] for r in rs]) for m in METRICS) + " |"
-        )
+        cells = [mean_std([r["metrics"][m] for r in rs]) for m in METRICS]
+        lines.append(f"| {c} | {len(rs)} | " + " | ".join(cells) + " |")
         for m in METRICS:
             means[m].append(np.nanmean([r["metrics"][m] for r in rs]))
     if len(cats) > 1:
