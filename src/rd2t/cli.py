@@ -269,6 +269,7 @@ def benchmark(
     preset_name: Annotated[str, typer.Option("--preset")] = "offline",
     seeds: Annotated[int, typer.Option()] = 3,
     epochs: Annotated[int | None, typer.Option()] = None,
+    image_size: Annotated[int | None, typer.Option()] = None,
     out: Annotated[Path, typer.Option()] = Path("runs/benchmark"),
     workers: Annotated[int, typer.Option(help="Parallel processes (one category/seed each).")] = 1,
     device: Annotated[str, typer.Option()] = "auto",
@@ -283,7 +284,7 @@ def benchmark(
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     cats = [c.strip() for c in categories.split(",")] if categories else DATASETS[dataset]
-    cfg = _config(preset_name, None, None, epochs=epochs, device=device)
+    cfg = _config(preset_name, None, None, epochs=epochs, image_size=image_size, device=device)
     records = run_bench(dataset, str(root), cats, cfg, seeds, str(out), workers=workers)
     md, js = write_outputs(records, dataset, out)
     typer.echo(table(records, dataset))
