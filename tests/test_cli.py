@@ -153,3 +153,18 @@ def test_detector_api_fit_predict_save_load_in_memory(texture_set, tmp_path):
     loaded = Detector.load(tmp_path / "copy.pt")
     assert loaded.threshold == pytest.approx(det.threshold)
     assert loaded.predict(arr).score == pytest.approx(p_arr.score, abs=1e-6)
+
+
+def test_export_then_predict_with_onnx_runtime_agrees(trained_cli, texture_set, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    rc, _, _ = _run(capsys, "export", trained_cli, "--out", onnx_path)
+    assert rc == 0 and onnx_path.exists() and (tmp_path / "model.json").exists()
+    files = sorted((texture_set / "test").rglob("*.png"))[:8]
+    rc_t, out_t, _ = _run(capsys, "predict", trained_cli, *files)
+    rc_o, out_o, _ = _run(capsys, "predict", onnx_path, *files, "--backend", "onnx")
+    torch_rows = [json.loads(line) for line in out_t.splitlines()]
+    onnx_rows = [json.loads(line) for line in out_o.splitlines()]
+    assert rc_t == rc_o and len(onnx_rows) == len(files)
+    for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert a["path"] == b["path"] and a["defective"] == b["defective"]
+        assert abs(a["score"] - b["score"]) < 1e-4
