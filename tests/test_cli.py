@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,17 @@ def test_export_then_predict_with_onnx_runtime_agrees(trained_cli, texture_set, 
     for a, b in zip(torch_rows, onnx_rows, strict=True):
         assert a["path"] == b["path"] and a["defective"] == b["defective"]
         assert abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_demo_generates_trains_evaluates_predicts_and_reports(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path), "--categories", "washer", "--epochs", "1", "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0.0 <= summary["washer"]["metrics"]["image_auroc"] <= 1.0
+    assert (tmp_path / "report_washer.html").stat().st_size > 10_000
+    lines = (tmp_path / "predictions/washer/predictions.jsonl").read_text().splitlines()
+    preds = [json.loads(x) for x in lines]
+    assert len(preds) == 30 and all(Path(p["overlay"]).exists() for p in preds)
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path), "--categories", "washer", "--epochs", "1"]) == 0
+    assert "washer: reusing the trained model" in capsys.readouterr().out, "a second run reuses the model"
