@@ -323,7 +323,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where data, models and reports go.")] = Path("demo_out"),
     categories: Annotated[
         str, typer.Option(help="Comma-separated synthetic categories.")
-    ] = "washer,woven_fabric",
+    ] = "washer,brushed_metal,woven_fabric,wood",
     epochs: Annotated[int, typer.Option()] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
