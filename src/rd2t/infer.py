@@ -64,7 +64,8 @@ class TorchBackend(Backend):
         # On CPU, channels-last measured 1.3-1.5x faster for the EfficientNet presets but 2-3x slower for
         # the WideResNet ones (docs/performance.md); same results to float rounding.
         lite = all("efficientnet" in t for t in self.model.config.teachers)
-        self.memory_format = torch.channels_last if self.device.type == "cpu" and lite else torch.contiguous_format
+        cpu_lite = self.device.type == "cpu" and lite
+        self.memory_format = torch.channels_last if cpu_lite else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.image_size = self.model.config.image_size
         thr = payload.get("threshold") or {}
