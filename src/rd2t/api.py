@@ -16,7 +16,7 @@ import numpy as np
 
 from rd2t import checkpoint
 from rd2t.config import Config, preset
-from rd2t.data import Split, list_images, open_dataset
+from rd2t.data import Split, open_dataset
 from rd2t.errors import InputError
 from rd2t.infer import Backend, Prediction, TorchBackend, predict_images
 
@@ -30,10 +30,7 @@ def training_images(data) -> list[Path]:
     root = Path(data)
     if not root.exists():
         raise InputError(f"{root}: no such folder")
-    plain = list_images(root)
-    if plain:
-        return plain
-    return [s.path for s in open_dataset("folder", root, None).train]
+    return [s.path for s in open_dataset("folder", root, None).train]  # a plain folder or a dataset layout
 
 
 class Detector:

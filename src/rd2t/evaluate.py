@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -160,7 +159,3 @@ def metrics_markdown(result: EvalResult, title: str) -> str:
     if not result.has_masks:
         lines.append("\nNo ground-truth masks: image-level metrics only.")
     return "\n".join(lines) + "\n"
-
-
-def images_of(paths: Sequence[str | Path]) -> list[Path]:
-    return [Path(p) for p in paths]

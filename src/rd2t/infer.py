@@ -7,7 +7,6 @@ original size so they line up with the user's picture.
 from __future__ import annotations
 
 import glob
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +168,3 @@ def map_range(backend: Backend) -> tuple[float, float]:
     if thr is not None:
         return thr * 0.3, thr * 1.5
     return 0.0, 1.0
-
-
-def warn(msg: str) -> None:
-    print(msg, file=sys.stderr)
