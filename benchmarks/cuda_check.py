@@ -8,7 +8,7 @@ import time
 import torch
 
 from rd2t.config import preset
-from rd2t.model import RD2T
+from rd2t.model.network import RD2T
 
 
 def timed(fn, n: int) -> float:

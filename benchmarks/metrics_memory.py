@@ -1,4 +1,4 @@
-"""Peak memory and time of rd2t.metrics.Evaluator on a full-resolution synthetic test set.
+"""Peak memory and time of rd2t.evaluation.metrics.Evaluator on a full-resolution synthetic test set.
 
 Default: 150 test images at 1024x1024 (157 M pixels; 30 defect-free, 120 over 4 defect types),
 float32 maps, the exact AU-PRO / pixel AUROC / AP of compute(), then compute_by_defect().
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from rd2t.metrics import Evaluator
+from rd2t.evaluation.metrics import Evaluator
 
 GIB = 1024**3
 

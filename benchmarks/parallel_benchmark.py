@@ -1,6 +1,6 @@
 """Speed-up of `rd2t benchmark --workers N` over one process, on a small generated dataset (CPU).
 
-Each measurement is a fresh interpreter running `rd2t.benchmark.benchmark` on the same category x seed
+Each measurement is a fresh interpreter running `rd2t.runners.benchmark.benchmark` on the same category x seed
 jobs into an empty folder, timed from process start to exit (imports, teacher loading and, with N > 1,
 spawning the workers included: what a user waits for). Three settings: one process with torch's default
 threads (all cores), one process with one thread, and N workers with cores // N threads each (what
@@ -26,7 +26,7 @@ def one(args: argparse.Namespace) -> None:
     """Child: run the jobs once (the parent times this whole process)."""
     import torch
 
-    from rd2t.benchmark import benchmark
+    from rd2t.runners.benchmark import benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,7 +57,7 @@ def main() -> None:
     if args.one:
         return one(args)
 
-    from rd2t.synth import make_dataset
+    from rd2t.runners.synth import make_dataset
 
     work = Path(tempfile.mkdtemp(prefix="rd2t-parallel-"))
     cats = args.categories.split(",")

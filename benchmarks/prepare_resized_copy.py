@@ -1,7 +1,7 @@
 """Copy an MVTec-layout dataset with every image pre-resized to the model's input size.
 
 Used to ship real data to a remote GPU under a size limit: the copy is resized with the very call rd2t
-uses (Pillow bilinear, see rd2t.transforms), so the model sees identical pixels; masks stay at full
+uses (Pillow bilinear, see rd2t.data.transforms), so the model sees identical pixels; masks stay at full
 resolution and `sizes.json` records each image's original (W, H) so metrics remain at original size.
 
     python benchmarks/prepare_resized_copy.py ../shared/data/mvtec_ad/bottle .devdata/bottle --size 256
@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from rd2t.data import load_image
-from rd2t.transforms import to_uint8_tensor
+from rd2t.data.transforms import to_uint8_tensor
 
 
 def main() -> None:

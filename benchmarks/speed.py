@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rd2t import checkpoint
 from rd2t.config import preset
-from rd2t.export import OnnxDetector, export_onnx
-from rd2t.model import RD2T
+from rd2t.inference.export import export_onnx
+from rd2t.inference.onnx_runtime import OnnxDetector
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.network import RD2T
 
 
 def median_seconds(fn, runs: int, warmup: int = 2) -> float:
@@ -69,19 +70,7 @@ def bench_preset(name: str, runs: int, runs16: int, threads: int, tmp: Path) -> 
         row["torch_cl_b16_img_s"] = 16 / median_seconds(lambda: cl(x16c), runs16, warmup=1)
         model = model.to(memory_format=torch.contiguous_format)
     ckpt = tmp / f"{name}.pt"
-    checkpoint.save(
-        ckpt,
-        {
-            "config": model.config.to_dict(),
-            "model": model.state_dict(),
-            "complete": True,
-            "threshold": None,
-            "epoch": 0,
-            "history": [],
-            "train_files": [],
-            "val_files": [],
-        },
-    )
+    Checkpoint(model.config, model.state_dict(), complete=True).save(ckpt)
     onnx_path = export_onnx(ckpt, tmp / f"{name}.onnx")
     ort = OnnxDetector(onnx_path, threads=threads)
     n1, n16 = x1.numpy(), x16.numpy()

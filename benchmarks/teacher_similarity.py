@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from rd2t.data import list_images, load_image
-from rd2t.teachers import Teacher
-from rd2t.transforms import to_model_input, to_uint8_tensor
+from rd2t.data.transforms import to_model_input, to_uint8_tensor
+from rd2t.model.teachers import Teacher
 
 L0, L1, L2 = (f"tf_efficientnet_lite{i}" for i in range(3))
 TEACHERS = {  # key -> (timm name, pretrained)

@@ -22,7 +22,7 @@ def measure(preset_name: str, cache: str, data: str, epochs: int, threads: int) 
 
     from rd2t.config import preset
     from rd2t.data import list_images
-    from rd2t.train import train
+    from rd2t.training.loop import train
 
     torch.set_num_threads(threads)
     images = list_images(data)

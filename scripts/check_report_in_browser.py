@@ -134,7 +134,7 @@ def _map_for(rng: np.random.Generator, mask: np.ndarray, strength: float, map_si
 
 def write_demo(folder: Path) -> Path:
     """A 100-image evaluation report (40 good, 3 defect types x 20) with metrics and curves."""
-    from rd2t.metrics import Evaluator, pro_curve, roc_curve_points
+    from rd2t.evaluation.metrics import Evaluator, pro_curve, roc_curve_points
     from rd2t.report import ImageResult, resize_map, write_report
 
     rng = np.random.default_rng(7)

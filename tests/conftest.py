@@ -48,3 +48,14 @@ def texture_set(tmp_path_factory):
         Image.fromarray(bad).save(root / f"test/stain/{i:03d}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / f"ground_truth/stain/{i:03d}_mask.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_cli_model(texture_set, tmp_path_factory) -> Path:
+    """A small model trained once per test session through `rd2t train` (2 epochs, 64 px, CPU)."""
+    from rd2t.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", "64"]
+    assert main([*args, "--batch-size", "4", "--device", "cpu"]) == 0
+    return out / "model.pt"

@@ -2,13 +2,30 @@
 
 import json
 
-from rd2t.benchmark import table
 from rd2t.cli import main
+from rd2t.runners.benchmark import table
 
 
 def test_benchmark_runs_seeds_skips_finished_jobs_and_tabulates(texture_set, tmp_path, capsys):
-    args = ["benchmark", "--dataset", "mvtec", "--root", str(texture_set.parent), "--categories", "stripes",
-            "--seeds", "2", "--epochs", "1", "--image-size", "64", "--out", str(tmp_path), "--device", "cpu"]
+    args = [
+        "benchmark",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(texture_set.parent),
+        "--categories",
+        "stripes",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     done = [tmp_path / "stripes" / f"seed{s}" / "metrics.json" for s in (0, 1)]
     assert all(p.exists() for p in done)

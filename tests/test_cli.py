@@ -17,11 +17,8 @@ TINY = ["--epochs", "2", "--image-size", "64", "--batch-size", "4", "--device", 
 
 
 @pytest.fixture(scope="module")
-def trained_cli(texture_set, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    rc = main(["train", str(texture_set), "--out", str(out), *TINY])
-    assert rc == 0
-    return out / "model.pt"
+def trained_cli(trained_cli_model):
+    return trained_cli_model
 
 
 def _run(capsys, *args):
@@ -36,12 +33,12 @@ def test_presets_lists_the_four_named_configs(capsys):
 
 
 def test_train_writes_a_model_with_a_threshold_from_held_out_good_images(trained_cli):
-    from rd2t import checkpoint
+    from rd2t.model.checkpoint import Checkpoint
 
-    payload = checkpoint.load(trained_cli)
-    assert payload["complete"] and payload["threshold"]["source"] == "validation"
-    assert len(payload["val_files"]) >= 2 and not set(payload["val_files"]) & set(payload["train_files"])
-    assert all("/train/good/" in p for p in payload["train_files"])  # test images never trained on
+    ckpt = Checkpoint.load(trained_cli)
+    assert ckpt.complete and ckpt.calibration.source == "validation"
+    assert len(ckpt.val_files) >= 2 and not set(ckpt.val_files) & set(ckpt.train_files)
+    assert all("/train/good/" in p for p in ckpt.train_files)  # test images never trained on
 
 
 def test_predict_scores_good_files_skips_bad_ones_and_exits_2(trained_cli, texture_set, tmp_path, capsys):

@@ -25,14 +25,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from rd2t import checkpoint
-from rd2t import distributed as ddp
-from rd2t.benchmark import Job, table
 from rd2t.config import preset
 from rd2t.data import list_images
 from rd2t.errors import RD2TError
-from rd2t.model import RD2T
-from rd2t.train import train
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.network import RD2T
+from rd2t.runners.benchmark import Job, table
+from rd2t.training import distributed as ddp
+from rd2t.training.loop import train
 
 SIZE, BATCH, VAL = 64, 8, 0.34  # 12 images -> 8 training (one global batch of 8 = 2 x 4), 4 validation
 LR = preset("offline").lr
@@ -143,13 +143,14 @@ def two_proc_one_epoch(images, tmp_path_factory):
 
 def test_two_processes_take_the_same_step_as_one_process(images, two_proc_one_epoch, tmp_path):
     one = train(_cfg(epochs=1), list_images(images), tmp_path, progress=False)
-    two = checkpoint.load(two_proc_one_epoch / "model.pt")
-    assert two["complete"] and two["epoch"] == 1
-    assert two["train_files"] == checkpoint.load(one.checkpoint)["train_files"]
-    assert sorted(p.name for p in two_proc_one_epoch.iterdir()) == ["last.pt", "model.pt"]  # no temp files
+    two = Checkpoint.load(two_proc_one_epoch / "model.pt")
+    assert two.complete and two.epoch == 1
+    assert two.train_files == Checkpoint.load(one.checkpoint).train_files
+    names = sorted(p.name for p in two_proc_one_epoch.iterdir())
+    assert names == ["config.json", "last.pt", "model.pt"]  # no temp files
     # The loss of the first (only) step: same global batch, same BatchNorm statistics.
-    assert two["history"][0] == pytest.approx(one.history[0], rel=1e-5)
-    a, b = one.model.state_dict(), two["model"]
+    assert two.history[0] == pytest.approx(one.history[0], rel=1e-5)
+    a, b = one.model.state_dict(), two.weights
     trainable = [k for k in a if not k.startswith("teachers.") and a[k].is_floating_point()]
     for k in (k for k in trainable if "running_" in k):  # global-batch statistics (SyncBN): ~1e-5
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
@@ -157,8 +158,8 @@ def test_two_processes_take_the_same_step_as_one_process(images, two_proc_one_ep
     # where Adam's first step is ±lr whatever the gradient's size.
     diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in trainable if "running_" not in k])
     assert (diff > 1e-5).float().mean() < 0.03 and diff.max() <= 2 * LR + 1e-6
-    assert two["threshold"]["value"] == pytest.approx(one.threshold["value"], rel=1e-2)
-    np.testing.assert_allclose(two["threshold"]["scores"], one.threshold["scores"], rtol=1e-2)
+    assert two.calibration.threshold == pytest.approx(one.calibration.threshold, rel=1e-2)
+    np.testing.assert_allclose(two.calibration.scores, one.calibration.scores, rtol=1e-2)
 
 
 def test_resume_and_disk_cache_across_processes(images, two_proc_one_epoch, tmp_path):
@@ -166,18 +167,18 @@ def test_resume_and_disk_cache_across_processes(images, two_proc_one_epoch, tmp_
     shutil.copytree(two_proc_one_epoch, resumed)
     _ok(_torchrun(images, resumed, "--epochs", "2", "--resume"))
     _ok(_torchrun(images, tmp_path / "disk", "--epochs", "2", "--cache", "disk"))
-    a, b = checkpoint.load(resumed / "model.pt"), checkpoint.load(tmp_path / "disk/model.pt")
+    a, b = Checkpoint.load(resumed / "model.pt"), Checkpoint.load(tmp_path / "disk/model.pt")
     # 1 + 1 epochs (memory cache, sharded and gathered) == 2 epochs (disk cache, each rank writing its rows)
-    assert a["epoch"] == 2 and a["history"] == b["history"]
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["threshold"]["value"] == b["threshold"]["value"]
+    assert a.epoch == 2 and a.history == b.history
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert a.calibration.threshold == b.calibration.threshold
     assert any((tmp_path / "disk/cache").glob("*.done"))
     # Against one process after two Adam steps: close, not equal (see the module docstring).
     single = tmp_path / "single"
     train(_cfg(epochs=1), list_images(images), single, progress=False)
     one = train(_cfg(epochs=2), list_images(images), single, progress=False, resume=True)
-    assert a["history"] == pytest.approx(one.history, rel=1e-2)
-    assert a["threshold"]["value"] == pytest.approx(one.threshold["value"], rel=5e-2)
+    assert a.history == pytest.approx(one.history, rel=1e-2)
+    assert a.calibration.threshold == pytest.approx(one.calibration.threshold, rel=5e-2)
 
 
 def test_more_processes_than_the_data_allows_fails_on_every_rank(images, tmp_path):
@@ -199,7 +200,7 @@ def test_more_processes_than_the_data_allows_fails_on_every_rank(images, tmp_pat
 
 HANG = """
 import os, sys, time
-import rd2t.distributed as d
+import rd2t.training.distributed as d
 real = d.mean_over_ranks
 def stuck(value, device):  # rank 1 stops answering in the first epoch's loss all-reduce
     if os.environ["RANK"] == "1":
@@ -275,8 +276,8 @@ def test_timeout_from_the_environment(monkeypatch):
 
 
 def test_parallel_jobs_on_two_workers_resume_and_merge(tmp_path, monkeypatch):
-    from rd2t import parallel
-    from rd2t.synth import make_dataset
+    from rd2t.runners import parallel
+    from rd2t.runners.synth import make_dataset
 
     data = make_dataset(
         tmp_path / "data", categories=("wood",), size=SIZE, n_train=8, n_test_good=2, n_test_per_defect=1

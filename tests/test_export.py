@@ -9,21 +9,34 @@ import pytest
 import torch
 from PIL import Image
 
-from rd2t import __version__, checkpoint
-from rd2t import export as export_module
+from rd2t import __version__
+from rd2t.calibration import Calibration
 from rd2t.config import preset
+from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import InputError, RD2TError
-from rd2t.export import OnnxDetector, export_onnx, sidecar_path, typed_metadata
-from rd2t.model import RD2T
-from rd2t.train import load_model
-from rd2t.transforms import to_model_input, to_uint8_tensor
+from rd2t.inference import export as export_module
+from rd2t.inference.export import export_onnx
+from rd2t.inference.onnx_runtime import OnnxDetector, sidecar_path, typed_metadata
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.loading import load_model
+from rd2t.model.network import RD2T
 
 SIZE = 128
 ATOL = 1e-4
 # Ops that only exist for training (or make inference random): none may be in an exported detector.
 TRAINING_OPS = {
-    "Dropout", "Gradient", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-    "Bernoulli", "Multinomial", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss", "Adagrad", "Adam",
+    "Dropout",
+    "Gradient",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Bernoulli",
+    "Multinomial",
+    "SoftmaxCrossEntropyLoss",
+    "NegativeLogLikelihoodLoss",
+    "Adagrad",
+    "Adam",
     "Momentum",
 }
 
@@ -63,11 +76,13 @@ def _make_checkpoint(path, name: str, images: np.ndarray) -> tuple[RD2T, float]:
     with torch.no_grad():
         scores, _ = model(torch.from_numpy(images))
     threshold = float(np.median(scores.numpy()))  # between two scores (4 images): half pass, half fail
-    checkpoint.save(path, {
-        "config": model.config.to_dict(), "model": model.state_dict(),
-        "threshold": {"value": threshold, "rule": "mean+3std"}, "complete": True, "epoch": 1, "history": [],
-        "train_files": [], "val_files": [], "optimizer": None,
-    })
+    Checkpoint(
+        model.config,
+        model.state_dict(),
+        epoch=1,
+        complete=True,
+        calibration=Calibration(threshold, "mean+3std"),
+    ).save(path)
     return model, threshold
 
 
@@ -151,8 +166,9 @@ def test_graph_is_inference_only_and_takes_rgb_in_0_1(exported):
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert dims == ["N", 3, SIZE, SIZE]
-    out = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
-           for o in proto.graph.output}
+    out = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output
+    }
     assert out == {"scores": ["N"], "anomaly_maps": ["N", SIZE, SIZE]}
 
     # The same file image through rd2t's one preprocessing step (resize to uint8, / 255) in both backends.
@@ -223,8 +239,8 @@ def test_fixed_batch_export_runs_any_batch_and_loaded_model_matches(exported, im
     assert detector.fixed_batch == 1 and detector.metadata["batch"] == "1"
     _assert_parity(model, detector, images[:3], threshold)  # run one image at a time inside predict
     # And the model as `load_model` rebuilds it from the checkpoint is the one exported.
-    loaded, payload = load_model(ckpt)
-    assert payload["threshold"]["value"] == threshold
+    loaded, record = load_model(ckpt)
+    assert record.calibration.threshold == threshold
     np.testing.assert_allclose(_torch(loaded, images[:2])[1], _torch(model, images[:2])[1], atol=1e-6)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from rd2t import metrics
-from rd2t.metrics import (
+from rd2t.evaluation import metrics
+from rd2t.evaluation.metrics import (
     Evaluator,
     au_pro,
     image_auroc,

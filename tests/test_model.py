@@ -7,9 +7,9 @@ from PIL import Image
 
 from rd2t.config import PRESETS, Config, preset
 from rd2t.errors import WeightsError
-from rd2t.fusion import IAFF, MSCAM
-from rd2t.model import RD2T, GaussianBlur
-from rd2t.teachers import Teacher, build_classifier
+from rd2t.model.fusion import IAFF, MSCAM
+from rd2t.model.network import RD2T, GaussianBlur
+from rd2t.model.teachers import Teacher, build_classifier
 
 SMALL = 64  # shapes scale with the input; 64 px keeps the WideResNet presets quick on 2 cores
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from rd2t.metrics import Evaluator, image_auroc, pro_curve
+from rd2t.evaluation.metrics import Evaluator, image_auroc, pro_curve
 from rd2t.report import (
     ImageResult,
     binary_mask,

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset (rd2t.synth): determinism, MVTec layout, masks, variation, reuse."""
+"""Tests for the synthetic demo dataset (rd2t.runners.synth): determinism, layout, masks, variation, reuse."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from rd2t import synth
 from rd2t.errors import InputError
+from rd2t.runners import synth
 
 SMALL = {"size": 64, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 1}
 
@@ -191,6 +191,6 @@ def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path: Path) -> None:
     foreign = tmp_path / "ds" / "wood" / "train" / "good"
     foreign.mkdir(parents=True)
     (foreign / "real_photo.png").write_bytes(b"not ours")
-    with pytest.raises(InputError, match="not made by rd2t.synth"):
+    with pytest.raises(InputError, match="not made by rd2t.runners.synth"):
         synth.make_dataset(tmp_path / "ds", categories=("wood",), **SMALL)
     assert (foreign / "real_photo.png").read_bytes() == b"not ours"

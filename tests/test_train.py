@@ -5,14 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from rd2t import checkpoint
 from rd2t.config import preset
 from rd2t.data import list_images
+from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import CheckpointError
-from rd2t.train import calibrate_threshold, load_model, split_validation, train
-from rd2t.transforms import to_model_input, to_uint8_tensor
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.loading import load_model
+from rd2t.training.loop import calibrate_threshold, split_validation, train
 
 SIZE = 96
+
+
+def _tiny_checkpoint(epoch: int) -> Checkpoint:
+    return Checkpoint(preset("rd4ad-offline", pretrained=False), {"w": torch.zeros(2)}, epoch=epoch)
 
 
 def _cfg(**kw):
@@ -57,16 +62,16 @@ def test_end_to_end_detects_and_localises_painted_defects(trained, texture_set):
         hits += bool(mask[y, xx])
     assert hits == labels.sum(), f"map maximum inside the defect for {hits}/{labels.sum()} images"
     # The calibrated threshold (from held-out good images) passes the good and fails the defective ones.
-    thr = result.threshold["value"]
-    assert result.threshold["source"] == "validation"
+    thr = result.calibration.threshold
+    assert result.calibration.source == "validation"
     assert (scores[labels] > thr).all() and (scores[~labels] <= thr).mean() >= 0.8
 
 
 def test_checkpoint_round_trip_gives_identical_scores(trained, texture_set):
     result, out = trained
     x, _, _ = _test_batch(texture_set)
-    model, payload = load_model(out / "model.pt")
-    assert payload["complete"] and payload["threshold"]["value"] == result.threshold["value"]
+    model, ckpt = load_model(out / "model.pt")
+    assert ckpt.complete and ckpt.calibration.threshold == result.calibration.threshold
     assert torch.equal(model.predict(x)[1], result.model.predict(x)[1])
 
 
@@ -75,7 +80,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_pat
     cfg = _cfg(epochs=3, image_size=64, batch_size=4)
     full = train(cfg, images, tmp_path / "full", progress=False)
     train(cfg, images, tmp_path / "part", progress=False, stop_after=2)
-    assert not checkpoint.load(tmp_path / "part/last.pt")["complete"]
+    assert not Checkpoint.load(tmp_path / "part/last.pt").complete
     assert not (tmp_path / "part/model.pt").exists()
     resumed = train(cfg, images, tmp_path / "part", progress=False, resume=True)
     a, b = full.model.state_dict(), resumed.model.state_dict()
@@ -109,33 +114,33 @@ def test_disk_cache_trains_like_the_memory_cache_and_no_cache_is_close(texture_s
 
 
 def test_interrupted_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    good = checkpoint.save(tmp_path / "last.pt", {"epoch": 1})
+    good = _tiny_checkpoint(epoch=1).save(tmp_path / "last.pt")
 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(tmp_path / "last.pt", {"epoch": 2})
+        _tiny_checkpoint(epoch=2).save(tmp_path / "last.pt")
     monkeypatch.undo()
-    assert checkpoint.load(good)["epoch"] == 1
+    assert Checkpoint.load(good).epoch == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file left behind"
 
 
 def test_truncated_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
-    path = checkpoint.save(tmp_path / "m.pt", {"epoch": 1})
+    path = _tiny_checkpoint(epoch=1).save(tmp_path / "m.pt")
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable rd2t checkpoint"):
-        checkpoint.load(tmp_path / "cut.pt")
+        Checkpoint.load(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other\.pt: not an rd2t checkpoint"):
-        checkpoint.load(tmp_path / "other.pt")
+        Checkpoint.load(tmp_path / "other.pt")
     old = torch.load(path, weights_only=True)
     old["format_version"] = 0
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match=r"old\.pt: checkpoint format 0"):
-        checkpoint.load(tmp_path / "old.pt")
+        Checkpoint.load(tmp_path / "old.pt")
 
 
 def test_unreadable_training_image_is_skipped_not_fatal(texture_set, tmp_path, capsys):
@@ -149,7 +154,7 @@ def test_unreadable_training_image_is_skipped_not_fatal(texture_set, tmp_path, c
         progress=False,
     )
     assert "broken.png" in capsys.readouterr().err
-    assert str(bad) not in checkpoint.load(result.checkpoint)["train_files"]
+    assert str(bad) not in Checkpoint.load(result.checkpoint).train_files
 
 
 def test_threshold_rules_and_validation_split():

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from rd2t.config import PRESETS, Config, preset
+from rd2t.config import PRESETS, Config
 from rd2t.errors import InputError, RD2TError
 
 app = typer.Typer(
@@ -33,28 +33,40 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _config(preset_name: str, teachers: str | None, teacher_weights: str | None, **fields) -> Config:
+def _resolve_config(
+    base,
+    config_file: Path | None,
+    sets: list[str] | None,
+    teachers: str | None = None,
+    teacher_weights: str | None = None,
+    **fields,
+) -> Config:
+    from rd2t.config import parse_value, resolve
+
     overrides = {k: v for k, v in fields.items() if v is not None}
-    if teachers:
-        names = tuple(t.strip() for t in teachers.split(",") if t.strip())
-        overrides["teachers"] = names
-        overrides["teacher_weights"] = (None,) * len(names)
-        overrides["preset"] = "custom"
-    if teacher_weights:
-        overrides["teacher_weights"] = tuple(w.strip() or None for w in teacher_weights.split(","))
-    return preset(preset_name, **overrides)
+    for name, text in (
+        ("teachers", teachers),
+        ("teacher_weights", teacher_weights),
+        ("widths", fields.get("widths")),
+    ):
+        if text is not None:
+            overrides[name] = parse_value(name, text)
+    return resolve(base, config_file, overrides, sets or [])
 
 
 def _split(data: Path, dataset: str, category: str | None):
-    from rd2t.data import open_dataset
+    from rd2t.api import open_split
 
-    if not data.exists():
-        raise InputError(f"{data}: no such file or folder")
-    if dataset == "auto":
-        if category:
-            return open_dataset("mvtec", data, category)
-        return open_dataset("folder", data, None)
-    return open_dataset(dataset, data, category)
+    return open_split(data, dataset, category)
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="JSON or YAML file of config fields; options given here override it."),
+]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Any config field: --set sigma=2 (repeatable).")
+]
 
 
 @app.command()
@@ -72,50 +84,73 @@ def train(
     data: Annotated[
         Path, typer.Argument(help="Folder of good images, or a dataset root (MVTec-like layout).")
     ],
-    out: Annotated[Path, typer.Option(help="Run folder: last.pt (resumable) and model.pt.")] = Path(
+    out: Annotated[Path, typer.Option(help="Run folder: last.pt (resumable), model.pt, config.json.")] = Path(
         "runs/rd2t"
     ),
     dataset: Annotated[str, typer.Option(help="auto|mvtec|btad|visa|mpdd|mvtec3d|folder")] = "auto",
     category: Annotated[str | None, typer.Option(help="Category inside a dataset root.")] = None,
     preset_name: Annotated[str, typer.Option("--preset", help="See `rd2t presets`.")] = "offline",
+    config_file: ConfigFile = None,
     teachers: Annotated[str | None, typer.Option(help="One or two timm names, comma-separated.")] = None,
     teacher_weights: Annotated[str | None, typer.Option(help="Local weight files, comma-separated.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Default 200 (RD4AD).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size, multiple of 32.")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Good images held out for the threshold.")
     ] = None,
     threshold_rule: Annotated[str | None, typer.Option(help="mean+Kstd | quantile:Q | max")] = None,
+    fusion: Annotated[str | None, typer.Option(help="iaff|sum")] = None,
+    student: Annotated[str | None, typer.Option(help="basic|bottleneck|mbconv")] = None,
+    loss: Annotated[str | None, typer.Option(help="flat|pixel")] = None,
+    sigma: Annotated[float | None, typer.Option(help="Gaussian blur of the map (pixels).")] = None,
+    widths: Annotated[str | None, typer.Option(help="Bottleneck/student widths, e.g. 64,128,256.")] = None,
     cache: Annotated[str | None, typer.Option(help="Teacher-feature cache: memory|disk|none")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
+    sets: Sets = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
 ) -> None:
     """Train on defect-free images; holds out a share of them to calibrate the pass/fail threshold."""
-    from rd2t.distributed import maybe_distributed_train
+    from rd2t.api import Detector
+    from rd2t.files import atomic_write, check_writable
+    from rd2t.model.checkpoint import Checkpoint
 
-    cfg = _config(
-        preset_name,
+    base: Config | str = preset_name
+    if resume and (out / "last.pt").exists():  # flags given now must agree with the checkpoint
+        base = Checkpoint.load(out / "last.pt").config
+    cfg = _resolve_config(
+        base,
+        config_file,
+        sets,
         teachers,
         teacher_weights,
         epochs=epochs,
         image_size=image_size,
         batch_size=batch_size,
+        lr=lr,
         val_fraction=val_fraction,
         threshold_rule=threshold_rule,
+        fusion=fusion,
+        student=student,
+        loss=loss,
+        sigma=sigma,
+        widths=widths,
         cache=cache,
         seed=seed,
         device=device,
     )
+    check_writable(out)
     images = [s.path for s in _split(data, dataset, category).train]
     t0 = time.time()
-    result = maybe_distributed_train(cfg, images, out, resume=resume)
-    if result is None:  # a non-zero rank of a distributed run
+    det = Detector(cfg).fit(images, out, resume=resume)
+    if det.predictor is None:  # a non-zero rank of a distributed run
         return
-    thr = result.threshold
-    typer.echo(f"trained {cfg.epochs} epochs in {time.time() - t0:.0f}s -> {result.checkpoint}")
-    typer.echo(f"threshold {thr['value']:.4f} ({thr['rule']} of {len(thr['scores'])} {thr['source']} scores)")
+    atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")
+    cal = det.calibration
+    typer.echo(f"trained {det.config.epochs} epochs in {time.time() - t0:.0f}s -> {det.checkpoint_path}")
+    typer.echo(f"threshold {cal.threshold:.4f} ({cal.rule} of {len(cal.scores)} {cal.source} scores)")
 
 
 @app.command()
@@ -129,54 +164,50 @@ def predict(
     masks: Annotated[bool, typer.Option(help="Also write binary defect masks (map > threshold).")] = False,
     backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
     device: Annotated[str, typer.Option()] = "cpu",
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model.")] = None,
 ) -> None:
-    """Score images. Exit code: 0 all pass, 1 some defective, 2 some input could not be read."""
-    from PIL import Image
+    """Score images. Exit code: 0 all pass, 1 some defective, 2 some input could not be read.
 
-    from rd2t.data import load_image
-    from rd2t.infer import Backend, expand_paths, map_range, predict_images, save_overlay
+    Results are written as each image is scored, so an interruption or a late failure loses nothing.
+    """
+    from rd2t.api import Detector
+    from rd2t.files import check_writable
+    from rd2t.inference.predictor import check_threshold
 
-    be = Backend.open(model, device=device, backend=backend)
-    thr = be.threshold if threshold is None else threshold
-    files, errors = expand_paths(paths)
-    for e in errors:
-        typer.echo(f"error: {e}", err=True)
-    low, high = map_range(be)
+    check_threshold(threshold)
+    if output is not None:
+        check_writable(output.parent if str(output.parent) else Path("."))
+    det = Detector.load(model, device=device, backend=backend, threads=threads)
     stream = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
     writer = csv.writer(stream) if fmt == Format.csv else None
     if writer:
-        writer.writerow(["path", "score", "defective", "threshold", "overlay"])
-    n_bad = n_err = 0
+        writer.writerow(["path", "score", "defective", "threshold", "overlay", "mask"])
+    n_ok = n_bad = n_err = 0
     try:
-        for p in predict_images(be, files, batch_size=batch_size, threshold=thr):
-            if isinstance(p, InputError):
+        for rec in det.predict_files(paths, out=out, masks=masks, threshold=threshold, batch_size=batch_size):
+            if isinstance(rec, RD2TError):
                 n_err += 1
-                typer.echo(f"error: {p}", err=True)
+                typer.echo(f"error: {rec}", err=True)
                 continue
-            n_bad += bool(p.is_defective)
-            overlay_path = None
-            if out:
-                rel = p.path.stem
-                overlay_path = save_overlay(p, load_image(p.path), out / f"{rel}_heatmap.png", low, high)
-                if masks and thr is not None:
-                    Image.fromarray((p.defect_mask(thr) * 255).astype("uint8")).save(out / f"{rel}_mask.png")
-            rec = {
-                "path": str(p.path),
-                "score": round(p.score, 6),
-                "defective": p.is_defective,
-                "threshold": thr,
-                "overlay": str(overlay_path) if overlay_path else None,
-            }
+            n_ok += 1
+            n_bad += bool(rec.defective)
+            row = rec.to_dict()
             if writer:
-                writer.writerow(rec.values())
+                writer.writerow(row.values())
             else:
-                stream.write(json.dumps(rec) + "\n")
+                stream.write(json.dumps(row) + "\n")
+            stream.flush()
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted after {n_ok} scored images: their results are above, their files complete", err=True
+        )
+        raise typer.Exit(130) from None
     finally:
         if output:
             stream.close()
-    typer.echo(f"{len(files) - n_err} scored, {n_bad} defective, {n_err + len(errors)} unreadable", err=True)
-    if n_err or errors:
+    typer.echo(f"{n_ok} scored, {n_bad} defective, {n_err} unreadable", err=True)
+    if n_err:
         raise typer.Exit(EXIT_ERROR)
     if n_bad:
         raise typer.Exit(EXIT_DEFECT)
@@ -184,7 +215,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="model.pt")],
+    checkpoint: Annotated[Path, typer.Option(help="model.pt or an exported .onnx")],
     data: Annotated[Path, typer.Option(help="Dataset root, or a folder with train/ and test/")],
     dataset: Annotated[str, typer.Option()] = "auto",
     category: Annotated[str | None, typer.Option()] = None,
@@ -192,73 +223,21 @@ def evaluate(
         "runs/eval"
     ),
     report: Annotated[bool, typer.Option(help="Write the HTML report.")] = True,
+    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Metrics at the images' original resolution, per defect type; JSON, Markdown and an HTML report."""
-    from rd2t.evaluate import evaluate as run_eval
-    from rd2t.evaluate import metrics_markdown
-    from rd2t.train import load_model
+    from rd2t.api import Detector
+    from rd2t.evaluation.evaluate import metrics_markdown
+    from rd2t.files import check_writable
 
-    model, payload = load_model(checkpoint, device)
+    check_writable(out)
+    det = Detector.load(checkpoint, device=device, backend=backend)
     split = _split(data, dataset, category)
-    thr = (payload.get("threshold") or {}).get("value")
-    res = run_eval(model, split, threshold=thr, device=device, curves=report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "dataset": split.name,
-                "checkpoint": str(checkpoint),
-                "metrics": res.metrics,
-                "per_defect": res.per_defect,
-                "threshold": thr,
-                "skipped": res.skipped,
-            },
-            indent=1,
-        )
-    )
-    md = metrics_markdown(res, split.name)
-    (out / "metrics.md").write_text(md)
-    typer.echo(md)
-    if report:
-        path = _write_report(out / "report.html", res, model.config, split.name, checkpoint)
-        typer.echo(f"report: {path}")
-
-
-def _write_report(path: Path, res, config: Config, title: str, checkpoint: Path) -> Path:
-    from rd2t.data import load_mask
-    from rd2t.report import ImageResult, write_report
-
-    results = [
-        ImageResult(
-            s.sample.path,
-            s.sample.label,
-            s.sample.defect_type,
-            s.score,
-            s.anomaly_map,
-            load_mask(s.sample.mask_path, s.original_size) if s.sample.mask_path else None,
-            None if res.threshold is None else s.score > res.threshold,
-        )
-        for s in res.scored
-    ]
-    info = {
-        "dataset": title,
-        "preset": config.preset,
-        "teachers": ", ".join(config.teachers),
-        "epochs": config.epochs,
-        "image size": config.image_size,
-        "checkpoint": str(checkpoint),
-    }
-    return write_report(
-        path,
-        results,
-        metrics=res.metrics,
-        per_defect=res.per_defect,
-        threshold=res.threshold,
-        curves=res.curves,
-        title=f"rd2t — {title}",
-        info=info,
-    )
+    res = det.evaluate(split, out=out, report=report)
+    typer.echo(metrics_markdown(res, split.name))
+    if res.report_path:
+        typer.echo(f"report: {res.report_path}")
 
 
 @app.command()
@@ -273,18 +252,20 @@ def benchmark(
     out: Annotated[Path, typer.Option()] = Path("runs/benchmark"),
     workers: Annotated[int, typer.Option(help="Parallel processes (one category/seed each).")] = 1,
     device: Annotated[str, typer.Option()] = "auto",
+    config_file: ConfigFile = None,
+    sets: Sets = None,
 ) -> None:
     """Train + evaluate every category over seeds (resumable); per-category table with mean ± std."""
-    from rd2t.benchmark import benchmark as run_bench
-    from rd2t.benchmark import table, write_outputs
     from rd2t.data import DATASETS
+    from rd2t.runners.benchmark import benchmark as run_bench
+    from rd2t.runners.benchmark import table, write_outputs
 
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     cats = [c.strip() for c in categories.split(",")] if categories else DATASETS[dataset]
-    cfg = _config(preset_name, None, None, epochs=epochs, image_size=image_size, device=device)
+    cfg = _resolve_config(preset_name, config_file, sets, epochs=epochs, image_size=image_size, device=device)
     records = run_bench(dataset, str(root), cats, cfg, seeds, str(out), workers=workers)
     md, js = write_outputs(records, dataset, out)
     typer.echo(table(records, dataset))
@@ -299,11 +280,11 @@ def export(
     opset: Annotated[int, typer.Option()] = 17,
 ) -> None:
     """Export the whole inference graph (normalisation to image score) to one ONNX file."""
-    from rd2t.export import export_onnx
+    from rd2t.api import Detector
 
     if fmt != "onnx":
         raise InputError(f"--format {fmt}: only onnx is supported")
-    path = export_onnx(checkpoint, out or checkpoint.with_suffix(".onnx"), opset=opset)
+    path = Detector.load(checkpoint).export(out, opset=opset)
     typer.echo(f"exported {path}")
 
 
@@ -329,7 +310,7 @@ def demo(
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Offline end-to-end demo on a generated dataset: train, evaluate, predict, HTML report."""
-    from rd2t.demo import run_demo
+    from rd2t.runners.demo import run_demo
 
     run_demo(out, [c.strip() for c in categories.split(",")], epochs=epochs, seed=seed, device=device)
 

@@ -6,85 +6,171 @@ Presets are plain `Config` values; `docs/model.md` explains each field and why i
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from rd2t.errors import RD2TError
+from rd2t.calibration import RULES_HELP, parse_rule
+from rd2t.errors import ConfigError
+
+MODEL, TRAINING, RUNTIME = "model", "training", "runtime"
+
+
+def _f(default, part: str, help: str = ""):
+    return field(default=default, metadata={"part": part, "help": help})
 
 
 @dataclass
 class Config:
+    """Three parts: `model` fields fix the network (changing one means another model), `training` fields
+    the recipe and the calibration, `runtime` fields only where and how fast it runs (never the result)."""
+
+    # ---- model ----
     # Teachers: one or two timm model names. Two = the paper's method; one = RD4AD baseline.
-    teachers: tuple[str, ...] = ("tf_efficientnet_lite2", "tf_efficientnet_lite0")
+    teachers: tuple[str, ...] = _f(
+        ("tf_efficientnet_lite2", "tf_efficientnet_lite0"), MODEL, "one or two timm names"
+    )
     # Optional local weight files, one per teacher (None: packaged offline weights, then the timm hub).
-    teacher_weights: tuple[str | None, ...] = (None, None)
-    pretrained: bool = True  # False: random teacher weights (tests, timing only)
-    out_indices: tuple[int, ...] = (
-        1,
-        2,
-        3,
-    )  # timm feature levels: strides 4/8/16 for ResNet and EfficientNet
+    teacher_weights: tuple[str | None, ...] = _f((None, None), MODEL, "local weight files, one per teacher")
+    pretrained: bool = _f(True, MODEL, "False: random teacher weights (tests, timing only)")
+    # timm feature levels: strides 4/8/16 for ResNet and EfficientNet
+    out_indices: tuple[int, ...] = _f((1, 2, 3), MODEL, "three timm feature levels")
     # Internal widths of the bottleneck/student per scale; None = the first teacher's channels.
-    widths: tuple[int, ...] | None = (64, 128, 256)
-    fusion: str = "iaff"  # "iaff" | "sum" (two teachers); ignored with one teacher
-    channel_attention: bool = True  # MS-CAM on every teacher feature before fusion
-    student: str = "basic"  # "basic" (reversed ResNet-18 blocks) | "bottleneck" (RD4AD) | "mbconv"
-    student_blocks: tuple[int, ...] = (2, 2, 2)  # residual blocks per decoder stage, deep to shallow
-    loss: str = "flat"  # "flat" (RD4AD code: cosine of each map flattened per sample) | "pixel"
-    image_size: int = 256
-    sigma: float = 4.0  # Gaussian blur of the anomaly map, in pixels at image_size
-    # Training
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 0.005
-    betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = 0
-    cache: str = "memory"  # teacher-feature cache: "memory" | "disk" | "none"
-    val_fraction: float = 0.1  # good training images held out for the pass/fail threshold
-    threshold_rule: str = "mean+3std"  # or "quantile:0.99", "max"
-    device: str = "auto"
-    num_workers: int = 0
-    preset: str = "custom"
-    extra: dict = field(default_factory=dict)
+    widths: tuple[int, ...] | None = _f((64, 128, 256), MODEL, "bottleneck/student widths per scale")
+    fusion: str = _f("iaff", MODEL, "iaff | sum (two teachers)")
+    channel_attention: bool = _f(True, MODEL, "MS-CAM on every teacher feature before fusion")
+    student: str = _f("basic", MODEL, "basic | bottleneck | mbconv")
+    student_blocks: tuple[int, ...] = _f((2, 2, 2), MODEL, "residual blocks per decoder stage")
+    loss: str = _f("flat", MODEL, "flat (RD4AD code) | pixel")
+    image_size: int = _f(256, MODEL, "input size, a multiple of 32")
+    sigma: float = _f(4.0, MODEL, "Gaussian blur of the map, pixels at image_size")
+    # ---- training ----
+    epochs: int = _f(200, TRAINING, "RD4AD's 200")
+    batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
+    lr: float = _f(0.005, TRAINING, "Adam learning rate")
+    betas: tuple[float, float] = _f((0.5, 0.999), TRAINING, "Adam betas")
+    seed: int = _f(0, TRAINING)
+    val_fraction: float = _f(0.1, TRAINING, "good images held out for the threshold, 0 <= f < 1")
+    threshold_rule: str = _f("mean+3std", TRAINING, RULES_HELP)
+    preset: str = _f("custom", TRAINING, "the preset this config started from (a label)")
+    # ---- runtime ----
+    device: str = _f("auto", RUNTIME, "auto | cpu | cuda | cuda:N")
+    cache: str = _f("memory", RUNTIME, "teacher-feature cache: memory | disk | none")
 
     def __post_init__(self) -> None:
         self.teachers = tuple(self.teachers)
-        self.teacher_weights = tuple(self.teacher_weights)
+        self.teacher_weights = tuple(w or None for w in self.teacher_weights)
         if len(self.teacher_weights) != len(self.teachers):
             # Pad/truncate so a user giving `--teachers a,b` without weights just works.
             self.teacher_weights = tuple((list(self.teacher_weights) + [None] * 2)[: len(self.teachers)])
-        self.out_indices = tuple(self.out_indices)
-        self.betas = tuple(self.betas)
-        self.student_blocks = tuple(self.student_blocks)
+        self.out_indices = tuple(int(i) for i in self.out_indices)
+        self.betas = tuple(float(b) for b in self.betas)
+        self.student_blocks = tuple(int(b) for b in self.student_blocks)
         if self.widths is not None:
-            self.widths = tuple(self.widths)
-        if not 1 <= len(self.teachers) <= 2:
-            raise RD2TError(f"config: 1 or 2 teachers expected, got {len(self.teachers)}")
+            self.widths = tuple(int(w) for w in self.widths)
+        self.validate()
+
+    def validate(self) -> None:
+        """Every value checked at once, before any image is read: ConfigError names the field."""
+
+        def bad(name: str, expected: str) -> None:
+            raise ConfigError(f"config: {name}={getattr(self, name)!r}, expected {expected}")
+
+        if not 1 <= len(self.teachers) <= 2 or not all(isinstance(t, str) and t for t in self.teachers):
+            bad("teachers", "1 or 2 timm model names")
         if len(self.out_indices) != 3:
-            raise RD2TError("config: out_indices must name 3 feature levels (strides 4/8/16)")
-        checks = {
+            bad("out_indices", "3 feature levels (strides 4/8/16)")
+        if self.widths is not None and (len(self.widths) != 3 or min(self.widths) < 1):
+            bad("widths", "3 positive widths")
+        if len(self.student_blocks) != 3 or min(self.student_blocks) < 1:
+            bad("student_blocks", "3 positive block counts")
+        choices = {
             "fusion": ("iaff", "sum"),
             "student": ("basic", "bottleneck", "mbconv"),
             "loss": ("flat", "pixel"),
             "cache": ("memory", "disk", "none"),
         }
-        for name, allowed in checks.items():
+        for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise RD2TError(
-                    f"config: {name}={getattr(self, name)!r}, expected one of {', '.join(allowed)}"
-                )
-        if self.image_size % 32:
-            raise RD2TError(f"config: image_size must be a multiple of 32, got {self.image_size}")
+                bad(name, "one of " + ", ".join(allowed))
+        if not isinstance(self.image_size, int) or self.image_size < 32 or self.image_size % 32:
+            bad("image_size", "a multiple of 32, at least 32")
+        if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
+            bad("sigma", "a number >= 0")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("epochs", "a whole number >= 1")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            bad("batch_size", "a whole number >= 2 (BatchNorm needs two images)")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            bad("lr", "a number > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            bad("betas", "two numbers in [0, 1)")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+            bad("val_fraction", "a number with 0 <= f < 1")
+        parse_rule(self.threshold_rule)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            bad("device", "auto, cpu, mps, cuda or cuda:N")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """Unknown keys (fields of older rd2t versions, e.g. num_workers) are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes) -> Config:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"config: unknown field(s) {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def part_of(name: str) -> str:
+        return next(f.metadata["part"] for f in dataclasses.fields(Config) if f.name == name)
+
+    def conflicts(self, other: Config, allowed: tuple[str, ...] = ("epochs",)) -> list[str]:
+        """Model and training fields where `other` differs (runtime fields never conflict)."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.metadata["part"] != RUNTIME
+            and f.name not in allowed
+            and getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file's fields (JSON, or YAML if PyYAML is installed); ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or type(e).__name__})") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise ConfigError(f"{path}: YAML config needs PyYAML (pip install pyyaml), or use JSON") from None
+    except Exception as e:  # noqa: BLE001 - any parse error: say where
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({_one_line(e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown config field(s) {', '.join(unknown)}")
+    return data
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 PRESETS: dict[str, tuple[str, Config]] = {
@@ -129,5 +215,60 @@ PRESETS: dict[str, tuple[str, Config]] = {
 def preset(name: str, **overrides) -> Config:
     """A fresh copy of a named preset, with field overrides."""
     if name not in PRESETS:
-        raise RD2TError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name][1].replace(**overrides)
+
+
+def parse_value(name: str, text: str):
+    """A field's value from command-line text: tuples comma-separated, booleans true/false, `none`."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if name not in fields:
+        raise ConfigError(f"unknown config field {name!r}; fields: {', '.join(fields)}")
+    default = fields[name].default
+    text = text.strip()
+    if text.lower() in ("none", "null") and name in ("widths",):
+        return None
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple) or name == "widths":
+            parts = [t.strip() for t in text.split(",")]
+            if name in ("teachers", "teacher_weights"):
+                return tuple(t or None for t in parts) if name == "teacher_weights" else tuple(parts)
+            cast = float if name == "betas" else int
+            return tuple(cast(t) for t in parts)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"config: {name}={text!r} is not a valid {type(default).__name__}") from None
+    return text
+
+
+def resolve(
+    base: Config | str,
+    file: str | Path | None = None,
+    overrides: dict | None = None,
+    assignments: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """preset (or a given config) < config file < explicit options < `field=value` assignments."""
+    config = preset(base) if isinstance(base, str) else base
+    changes = dict(read_config_file(file)) if file else {}
+    if "preset" in changes and isinstance(base, str) and changes["preset"] in PRESETS:
+        config = preset(changes["preset"])
+    changes.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for a in assignments:
+        if "=" not in a:
+            raise ConfigError(f"--set {a!r}: expected field=value")
+        key, value = a.split("=", 1)
+        changes[key.strip()] = parse_value(key.strip(), value)
+    if "teachers" in changes and "teacher_weights" not in changes:
+        changes["teacher_weights"] = (None,) * len(tuple(changes["teachers"]))
+        changes.setdefault("preset", "custom")
+    for key in ("teachers", "teacher_weights", "out_indices", "widths", "betas", "student_blocks"):
+        if isinstance(changes.get(key), list):
+            changes[key] = tuple(changes[key])
+    return config.replace(**changes)

@@ -15,3 +15,11 @@ class CheckpointError(RD2TError):
 
 class WeightsError(RD2TError):
     """Teacher weights that cannot be obtained or do not match the architecture."""
+
+
+class OutputError(RD2TError):
+    """An output location that cannot be written (names the path and the problem)."""
+
+
+class ConfigError(RD2TError):
+    """An option or config value outside what is allowed (names the option and the allowed values)."""

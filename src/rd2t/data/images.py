@@ -99,7 +99,11 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     Raises ``InputError("<path>: cannot read image (<reason>)")`` for missing, corrupt or non-image files.
     """
     path = Path(path)
-    im = _open(path, "image")
+    return to_rgb(_open(path, "image"), str(path))
+
+
+def to_rgb(im: Image.Image, name: str = "image") -> Image.Image:
+    """Any Pillow mode as 8-bit RGB, high bit depths scaled by their real range (never clipped)."""
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I") or im.mode == "F":
@@ -109,8 +113,20 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         return im.convert("RGB")
     except (ValueError, OSError) as e:
         raise InputError(
-            f"{path}: cannot read image (mode {im.mode} cannot be converted to RGB: {_one_line(e)})"
+            f"{name}: cannot read image (mode {im.mode} cannot be converted to RGB: {_one_line(e)})"
         ) from None
+
+
+def resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """A bool mask at (W, H). Shrinking keeps any covered pixel, so a 1-px scratch never vanishes;
+    enlarging uses NEAREST, so the mask stays binary."""
+    m = np.asarray(mask) != 0
+    if m.shape == (size_wh[1], size_wh[0]):
+        return m
+    im = Image.fromarray(m.astype(np.uint8) * 255)
+    if size_wh[0] * size_wh[1] < m.size:
+        return np.asarray(im.resize(size_wh, Image.Resampling.BOX)) > 0
+    return np.asarray(im.resize(size_wh, Image.Resampling.NEAREST)) > 0
 
 
 def _mask_array(im: Image.Image) -> np.ndarray:
@@ -156,7 +172,7 @@ def load_mask(
     """Read a ground-truth mask as a bool array of shape (H, W) for an image whose PIL size is (W, H).
 
     Pixels > 0 (in any colour channel) are defective. A mask at another resolution with the same aspect
-    ratio (within 1 %) is resized with NEAREST so it stays binary; a different aspect ratio raises an
+    ratio (within 1 %) is resized with ``resize_mask``; a different aspect ratio raises an
     ``InputError`` naming the mask, its size and the image size (and ``image_path`` when given).
     """
     path = Path(path)
@@ -165,10 +181,4 @@ def load_mask(
     problem = mask_size_problem(path, im.size, (width, height), Path(image_path) if image_path else None)
     if problem:
         raise InputError(problem)
-    mask = _mask_array(im)
-    if mask.shape != (height, width):
-        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (width, height), Image.Resampling.NEAREST
-        )
-        mask = np.asarray(resized) > 0
-    return mask
+    return resize_mask(_mask_array(im), (width, height))

@@ -1,15 +1,25 @@
-"""Reports for people: heat-map pictures and the self-contained HTML evaluation/prediction report."""
+"""Reports for people: heat-map pictures and the self-contained HTML evaluation/prediction report.
 
-from rd2t.report.heatmap import binary_mask, colorize, contour, overlay, resize_map
-from rd2t.report.html import ImageResult, default_map_range, write_report
+Names are loaded on first use, so drawing an overlay (`rd2t predict --out`) never imports the HTML
+report's plotting and metrics stack.
+"""
 
-__all__ = [
-    "ImageResult",
-    "binary_mask",
-    "colorize",
-    "contour",
-    "default_map_range",
-    "overlay",
-    "resize_map",
-    "write_report",
-]
+from importlib import import_module
+
+_WHERE = {
+    "binary_mask": "heatmap",
+    "colorize": "heatmap",
+    "contour": "heatmap",
+    "overlay": "heatmap",
+    "resize_map": "heatmap",
+    "ImageResult": "html",
+    "default_map_range": "html",
+    "write_report": "html",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'rd2t.report' has no attribute {name!r}")
+    return getattr(import_module(f"rd2t.report.{_WHERE[name]}"), name)

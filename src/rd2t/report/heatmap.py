@@ -11,7 +11,9 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+from rd2t.data.images import resize_mask
+from rd2t.data.transforms import resize_map
 
 __all__ = ["COLORMAP", "binary_mask", "colorize", "contour", "overlay", "resize_map"]
 
@@ -21,6 +23,7 @@ COLORMAP = "jet"
 # Overlay weight = alpha * t ** WEIGHT_GAMMA. Linear (1.0) paints every normal image's low-level noise
 # in jet's saturated dark blue; 1.5 keeps that faint while t = 0.75 still gets 65 % of alpha.
 WEIGHT_GAMMA = 1.5
+OVERLAY_BAND_ROWS = 256
 
 
 @lru_cache(maxsize=4)
@@ -50,15 +53,6 @@ def colorize(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
     return _lut(COLORMAP)[np.round(t * 255).astype(np.intp)]
 
 
-def resize_map(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float map to (W, H); maps are usually at the model's 256x256 resolution."""
-    a = np.asarray(anomaly_map, dtype=np.float32)
-    if a.shape == (size_wh[1], size_wh[0]):
-        return a
-    # Mode "F" keeps full float precision through Pillow's resampling.
-    return np.asarray(Image.fromarray(a).resize(size_wh, Image.Resampling.BILINEAR))
-
-
 def overlay(
     image: Image.Image, anomaly_map: np.ndarray, low: float, high: float, alpha: float = 0.5
 ) -> Image.Image:
@@ -68,24 +62,18 @@ def overlay(
     WEIGHT_GAMMA), so where the map is at or below ``low`` the part is shown untouched and only hot
     spots are painted over it: the quality engineer still sees the part's surface everywhere the model
     finds nothing, and weak noise does not tint the whole part blue.
+    Blended in bands of rows: a 100-megapixel part needs its map and its pixels, no float copies of both.
     """
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(image.convert("RGB"))
     amap = resize_map(anomaly_map, image.size)
-    weight = (float(alpha) * _normalise(amap, low, high) ** WEIGHT_GAMMA)[..., None]
-    colour = colorize(amap, low, high).astype(np.float32)
-    blended = rgb * (1.0 - weight) + colour * weight
-    return Image.fromarray(np.round(blended).astype(np.uint8))
-
-
-def _resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """A bool mask at (W, H). Shrinking keeps any covered pixel, so a 1-px scratch never vanishes."""
-    m = np.asarray(mask) != 0
-    if m.shape == (size_wh[1], size_wh[0]):
-        return m
-    im = Image.fromarray(m.astype(np.uint8) * 255)
-    if size_wh[0] * size_wh[1] < m.size:
-        return np.asarray(im.resize(size_wh, Image.Resampling.BOX)) > 0
-    return np.asarray(im.resize(size_wh, Image.Resampling.NEAREST)) > 0
+    out = np.empty_like(rgb)
+    for top in range(0, rgb.shape[0], OVERLAY_BAND_ROWS):
+        rows = slice(top, top + OVERLAY_BAND_ROWS)
+        t = _normalise(amap[rows], low, high)
+        weight = (float(alpha) * t**WEIGHT_GAMMA)[..., None]
+        colour = _lut(COLORMAP)[np.round(t * 255).astype(np.intp)].astype(np.float32)
+        out[rows] = np.round(rgb[rows] * (1.0 - weight) + colour * weight).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def contour(
@@ -96,8 +84,10 @@ def contour(
     The outline is the mask's own border pixels (``width`` pixels thick, inside the region), so the
     region's interior stays visible. A region touching the image edge is closed along that edge.
     """
+    from scipy import ndimage  # only reports draw contours: `rd2t predict` never loads scipy
+
     rgb = np.array(image.convert("RGB"))
-    m = _resize_mask(mask, image.size)
+    m = resize_mask(mask, image.size)
     # border_value=0: pixels on the image edge count as border, so edge regions get a closed outline.
     inner = ndimage.binary_erosion(m, structure=np.ones((3, 3), bool), iterations=max(1, int(width)))
     rgb[m & ~inner] = color

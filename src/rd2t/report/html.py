@@ -28,9 +28,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from rd2t import __version__
+from rd2t.calibration import map_range_from
 from rd2t.data import load_image
 from rd2t.errors import InputError
-from rd2t.metrics import roc_curve_points
+from rd2t.evaluation.metrics import roc_curve_points
+from rd2t.files import atomic_write
 from rd2t.report.heatmap import binary_mask, colorize, contour, overlay, resize_map
 
 __all__ = ["ImageResult", "default_map_range", "write_report"]
@@ -42,9 +44,6 @@ THUMB_SIZE = 256
 LOSSLESS_PNG_BYTES = 64 * 1024
 # Examples shown per defect type, spread over that type's score range.
 EXAMPLES_PER_TYPE = 4
-# With a threshold on the maps' scale, the colour scale is stretched so that the threshold sits at this
-# fraction of it: below = blue..green, above = yellow..red (see default_map_range).
-THRESHOLD_POSITION = 0.75
 # AU-PRO integrates the PRO curve up to this pixel false-positive rate (MVTec AD's definition).
 PRO_FPR_LIMIT = 0.3
 # Strongest blend of the heat map over the part (at the top of the scale): jet's dark red at 0.5 looks
@@ -243,7 +242,7 @@ def default_map_range(results: Sequence[ImageResult], threshold: float | None = 
     good = [r.anomaly_map for r in results if r.label == 0]
     low = float(np.median(_pooled(good or [r.anomaly_map for r in results])))
     if threshold is not None and threshold > low and _threshold_on_map_scale(results, threshold):
-        return low, low + (threshold - low) / THRESHOLD_POSITION
+        return map_range_from(low, threshold)
     high = float(np.percentile([np.nanmax(r.anomaly_map) for r in results], 99))
     return low, high if high > low else low + 1.0
 
@@ -869,9 +868,4 @@ def write_report(
         + "\n".join(body)
         + "</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a report being viewed is never seen half-written.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(document, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, document)

@@ -9,17 +9,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rd2t.data import Sample, Split, load_image, load_mask
-from rd2t.errors import InputError
-from rd2t.metrics import Evaluator, pro_curve, roc_curve_points
-from rd2t.model import RD2T
-from rd2t.transforms import to_model_input, to_uint8_tensor
+from rd2t.data import Sample, Split, load_mask
+from rd2t.data.transforms import resize_map
+from rd2t.errors import RD2TError
+from rd2t.evaluation.metrics import Evaluator, pro_curve, roc_curve_points
+from rd2t.inference.predictor import Predictor
 
 
 @dataclass
@@ -31,46 +30,24 @@ class Scored:
 
 
 def score_samples(
-    model: RD2T,
+    predictor: Predictor,
     samples: Sequence[Sample],
     *,
     batch_size: int = 16,
-    device: str | torch.device = "cpu",
     progress: bool = True,
     size_of: Callable[[Sample, tuple[int, int]], tuple[int, int]] | None = None,
 ) -> Iterator[Scored]:
-    """Score images batch by batch; an unreadable image is reported on stderr and skipped."""
-    size = model.config.image_size
-    model.eval()
+    """Score images through the predictor; an unreadable image is reported on stderr and skipped."""
+    by_path = {s.path: s for s in samples}
     bar = tqdm(total=len(samples), desc="scoring", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        batch, kept, sizes = [], [], []
-        for s in samples[start : start + batch_size]:
-            try:
-                img = load_image(s.path)
-            except InputError as e:
-                print(f"skipped: {e}", file=sys.stderr)
-                continue
-            batch.append(to_uint8_tensor(img, size))
-            kept.append(s)
-            sizes.append(size_of(s, img.size) if size_of else img.size)
-        bar.update(len(samples[start : start + batch_size]))
-        if not batch:
+    for p in predictor.predict([s.path for s in samples], batch_size=batch_size, threshold=None):
+        bar.update(1)
+        if isinstance(p, RD2TError):
+            print(f"skipped: {p}", file=sys.stderr)
             continue
-        with torch.no_grad():
-            scores, maps = model(to_model_input(torch.stack(batch).to(device)))
-        for s, sc, m, wh in zip(kept, scores.cpu().numpy(), maps.cpu().numpy(), sizes, strict=True):
-            yield Scored(s, float(sc), m.astype(np.float32), wh)
+        s = by_path[p.path]
+        yield Scored(s, p.score, p.model_map, size_of(s, p.size) if size_of else p.size)
     bar.close()
-
-
-def upsample(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a map to (W, H) = an image's original size."""
-    w, h = size_wh
-    if anomaly_map.shape == (h, w):
-        return anomaly_map
-    t = torch.from_numpy(anomaly_map)[None, None]
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 @dataclass
@@ -82,6 +59,7 @@ class EvalResult:
     threshold: float | None = None
     curves: dict = field(default_factory=dict)
     skipped: int = 0
+    report_path: Path | None = None  # set when an HTML report was written
 
     def decisions(self) -> np.ndarray | None:
         if self.threshold is None:
@@ -90,28 +68,30 @@ class EvalResult:
 
 
 def evaluate(
-    model: RD2T,
+    predictor: Predictor,
     split: Split,
     *,
     threshold: float | None = None,
     batch_size: int = 16,
-    device: str | torch.device = "cpu",
     progress: bool = True,
     curves: bool = False,
     size_of: Callable[[Sample, tuple[int, int]], tuple[int, int]] | None = None,
 ) -> EvalResult:
     """Image and pixel metrics (AUROC, F1-max, AP, AU-PRO) plus the per-defect-type breakdown.
 
+    `threshold` (default: the predictor's calibrated one) gives the false-alarm and miss counts.
+
     `size_of(sample, loaded_size)` overrides the original size (used when scoring pre-resized copies).
     """
+    threshold = predictor.threshold if threshold is None else threshold
     ev = Evaluator()
     scored: list[Scored] = []
     masks, maps = [], []
     for item in score_samples(
-        model, split.test, batch_size=batch_size, device=device, progress=progress, size_of=size_of
+        predictor, split.test, batch_size=batch_size, progress=progress, size_of=size_of
     ):
         s = item.sample
-        full_map = upsample(item.anomaly_map, item.original_size)
+        full_map = resize_map(item.anomaly_map, item.original_size)
         mask = None
         if split.has_masks:
             mask = (

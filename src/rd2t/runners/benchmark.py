@@ -8,16 +8,14 @@ same command after a crash finishes the job. Published figures are printed besid
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rd2t.config import Config
-from rd2t.data import Split, open_dataset
-from rd2t.evaluate import evaluate
-from rd2t.train import resolve_device, train
+from rd2t.files import atomic_write
+from rd2t.runners.jobs import Job, run_job
+from rd2t.runners.parallel import run_parallel
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
 
@@ -36,50 +34,6 @@ PUBLISHED = {
     },
     "btad": {"Pei et al. 2023 (paper)": (94.0, 98.0, None)},
 }
-
-
-@dataclass
-class Job:
-    dataset: str
-    root: str
-    category: str
-    seed: int
-    out_dir: str
-
-
-def run_job(
-    job: Job, config: Config, progress: bool = False, split: Split | None = None, size_of=None
-) -> dict:
-    """Train (or resume) one category/seed and evaluate it; the metrics are also written to disk."""
-    out = Path(job.out_dir) / job.category / f"seed{job.seed}"
-    done = out / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    split = split or open_dataset(job.dataset, job.root, job.category)
-    cfg = config.replace(seed=job.seed)
-    t0 = time.time()
-    result = train(cfg, [s.path for s in split.train], out, resume=True, progress=progress)
-    train_s = time.time() - t0
-    ev = evaluate(
-        result.model,
-        split,
-        threshold=result.threshold["value"],
-        device=resolve_device(cfg.device),
-        progress=progress,
-        size_of=size_of,
-    )
-    record = {
-        "category": job.category,
-        "seed": job.seed,
-        "metrics": ev.metrics,
-        "per_defect": ev.per_defect,
-        "train_seconds": train_s,
-        "epochs": cfg.epochs,
-        "preset": cfg.preset,
-        "config": cfg.to_dict(),
-    }
-    done.write_text(json.dumps(record, indent=1, default=float))
-    return record
 
 
 def mean_std(values: list[float]) -> str:
@@ -138,8 +92,6 @@ def benchmark(
                 print(f"{job.category} seed {job.seed}", flush=True)
             records.append(run_job(job, config, progress))
         return records
-    from rd2t.parallel import run_parallel
-
     return run_parallel(jobs, config, workers)
 
 
@@ -147,9 +99,9 @@ def write_outputs(records: list[dict], dataset: str, out_dir: str | Path) -> tup
     out_dir = Path(out_dir)
     md = out_dir / "results.md"
     js = out_dir / "results.json"
-    md.write_text(table(records, dataset))
-    js.write_text(json.dumps(records, indent=1, default=float))
+    atomic_write(md, table(records, dataset))
+    atomic_write(js, json.dumps(records, indent=1, default=float))
     return md, js
 
 
-__all__ = ["Job", "run_job", "benchmark", "table", "write_outputs", "resolve_device"]
+__all__ = ["Job", "run_job", "benchmark", "table", "write_outputs"]

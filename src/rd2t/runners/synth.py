@@ -661,7 +661,7 @@ def _stamp(
     category: str, seed: int, size: int, n_train: int, n_test_good: int, n_test_per_defect: int
 ) -> dict:
     return {
-        "generator": "rd2t.synth",
+        "generator": "rd2t.runners.synth",
         "version": GENERATOR_VERSION,
         "category": category,
         "seed": seed,
@@ -719,9 +719,9 @@ def _readme(root: Path, seed: int, size: int, n_train: int, n_test_good: int, n_
     return (
         "rd2t synthetic demo dataset\n"
         "===========================\n\n"
-        "Every image here is SYNTHETIC: drawn by rd2t.synth, not photographed. It exists so the demo runs\n"
-        "offline; scores on it say nothing about performance on real parts.\n\n"
-        f"generator: rd2t.synth version {GENERATOR_VERSION}\n"
+        "Every image here is SYNTHETIC: drawn by rd2t.runners.synth, not photographed. It exists so the\n"
+        "demo runs offline; scores on it say nothing about performance on real parts.\n\n"
+        f"generator: rd2t.runners.synth version {GENERATOR_VERSION}\n"
         f"seed: {seed}\n"
         f"image size: {size} x {size} px\n"
         f"categories: {', '.join(present)}\n"
@@ -767,7 +767,9 @@ def make_dataset(
         if _read_stamp(cat_dir) == stamp:
             continue
         if cat_dir.exists() and not (cat_dir / STAMP_NAME).exists() and any(cat_dir.iterdir()):
-            raise InputError(f"{cat_dir} exists and was not made by rd2t.synth; refusing to overwrite it")
+            raise InputError(
+                f"{cat_dir} exists and was not made by rd2t.runners.synth; refusing to overwrite it"
+            )
         # Build beside the target and swap in at the end: an interrupted run never leaves a half
         # category that a later run would mistake for a finished one.
         partial = root / f".{category}.partial"

@@ -1,8 +1,8 @@
 """Multi-process training under torchrun (DistributedDataParallel); single-process runs go straight to train.
 
 `torchrun --nproc-per-node N -m rd2t train ...` starts N copies of the command; each sees WORLD_SIZE, RANK
-and LOCAL_RANK and `maybe_distributed_train` then runs `rd2t.train.train_distributed`. The loop itself is
-`rd2t.train.train`, made rank-aware with the helpers below (all of them are no-ops with one process):
+and LOCAL_RANK and `rd2t.training.launcher` then runs `train_distributed`. The loop itself is
+`rd2t.training.loop.train`, made rank-aware with the helpers below (all of them are no-ops with one process):
 
 * the global batch is `batch_size`, split evenly over the ranks; every rank draws the same seeded per-epoch
   permutation and takes every WORLD_SIZE-th index of it (DistributedSampler's layout), so step k of any
@@ -23,36 +23,16 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from rd2t.config import Config
 from rd2t.errors import RD2TError
-
-if TYPE_CHECKING:
-    from rd2t.train import TrainResult
 
 DEFAULT_TIMEOUT_S = 600.0
 T = TypeVar("T")
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def maybe_distributed_train(
-    config: Config, images: list[Path], out_dir: Path, *, resume: bool = False, progress: bool = True
-) -> TrainResult | None:
-    """Plain training, or DDP when launched by torchrun (WORLD_SIZE > 1); None on ranks other than 0."""
-    from rd2t.train import train, train_distributed
-
-    if world_size() <= 1:
-        return train(config, images, out_dir, resume=resume, progress=progress)
-    return train_distributed(config, images, out_dir, resume=resume, progress=progress)
 
 
 # ---- process group -----------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rd2t.config import Config
-from rd2t.fusion import TeacherFusion
-from rd2t.student import OCBE, Decoder
-from rd2t.teachers import Teacher
+from rd2t.model.fusion import TeacherFusion
+from rd2t.model.student import OCBE, Decoder
+from rd2t.model.teachers import Teacher
 
 Features = list[list[torch.Tensor]]  # [teacher][scale] -> (B, C, H, W)
 

@@ -10,15 +10,14 @@ without starting a worker. Results come back in job order and go into the one ta
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 from rd2t.config import Config
 from rd2t.errors import RD2TError
+from rd2t.runners.jobs import run_job
 
 _worker_device: str | None = None  # set in each worker by _init_worker
 
@@ -36,24 +35,17 @@ def _init_worker(slots, device: str, threads: int) -> None:
 
 
 def _run(job, config: Config) -> dict:
-    from rd2t.benchmark import run_job
-
     cfg = config.replace(device=_worker_device or config.device)
     return run_job(job, cfg, progress=False)
 
 
-def _finished(job) -> dict | None:
-    done = Path(job.out_dir) / job.category / f"seed{job.seed}" / "metrics.json"
-    return json.loads(done.read_text()) if done.exists() else None
-
-
 def run_parallel(jobs: list, config: Config, workers: int, progress: bool = True) -> list[dict]:
-    """Run `rd2t.benchmark.run_job` for every job on `workers` processes; the records in job order.
+    """Run `rd2t.runners.jobs.run_job` for every job on `workers` processes; the records in job order.
 
     A job that fails does not stop the others; once all have run, one RD2TError names the failed ones
     (their finished neighbours are on disk, so the same command afterwards retries only those).
     """
-    records: list[dict | None] = [_finished(job) for job in jobs]
+    records: list[dict | None] = [job.finished() for job in jobs]
     todo = [i for i, r in enumerate(records) if r is None]
     workers = max(1, min(workers, len(todo)))
     if todo:

@@ -1,0 +1,260 @@
+"""Training loop: RD4AD's recipe (Adam 0.005, betas (0.5, 0.999), batch 16, no augmentation).
+
+Frozen teachers and no augmentation mean every teacher feature is a fixed function of its image, so
+features are computed once and cached (memory or disk, fp16); each epoch then runs only the trainable
+part. Checkpoints are written atomically after every epoch; `resume=True` continues from the last one
+and gives the same weights as an uninterrupted run (the per-epoch shuffle is seeded by (seed, epoch)).
+
+Under torchrun the same loop runs on every rank (see rd2t.training.distributed): each rank takes its slice
+of every global batch, teacher features are computed shard by shard and exchanged once, BatchNorm and
+gradients are synchronised, and only rank 0 writes checkpoints, shows progress and calibrates the threshold.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rd2t.calibration import Calibration, map_range_from, threshold_from_scores
+from rd2t.config import Config
+from rd2t.data.transforms import to_model_input, to_uint8_tensor
+from rd2t.errors import CheckpointError, ConfigError, InputError, RD2TError
+from rd2t.files import check_writable
+from rd2t.inference.predictor import Predictor
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.loading import resolve_device
+from rd2t.model.network import RD2T
+from rd2t.training import distributed as ddp
+from rd2t.training.cache import FeatureCache
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_training_images(
+    paths: list[Path], size: int, progress: bool = True, what: str = "training"
+) -> tuple[torch.Tensor, list[Path]]:
+    """Read and resize every image once; an unreadable one is reported and skipped, not fatal."""
+    from rd2t.data import load_image
+
+    tensors, kept = [], []
+    for p in tqdm(paths, desc="reading images", disable=not progress, leave=False):
+        try:
+            tensors.append(to_uint8_tensor(load_image(p), size))
+            kept.append(Path(p))
+        except InputError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    if not tensors:
+        raise InputError(f"none of the {len(paths)} {what} image(s) could be read")
+    return torch.stack(tensors), kept
+
+
+def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out a seeded share of the good images for threshold calibration (at least 2 stay for training)."""
+    paths = sorted(paths)
+    n_val = min(int(round(fraction * len(paths))), max(len(paths) - 2, 0))
+    order = np.random.default_rng(seed).permutation(len(paths))
+    val = sorted(paths[i] for i in order[:n_val])
+    train = sorted(paths[i] for i in order[n_val:])
+    return train, val
+
+
+# ---- calibration -----------------------------------------------------------------------------------
+
+
+def calibrate_threshold(scores: np.ndarray, rule: str) -> float:
+    """Pass/fail threshold from defect-free validation scores only (never from test anomalies)."""
+    return threshold_from_scores(scores, rule)
+
+
+def calibrate(model: RD2T, images: torch.Tensor, rule: str, source: str, batch_size: int = 16) -> Calibration:
+    """Score held-out good images through the inference path and derive the threshold and colour scale."""
+    predictor = Predictor.from_model(model)
+    scores, medians = [], []
+    for start in range(0, len(images), batch_size):
+        sc, maps = predictor.score_tensors(images[start : start + batch_size])
+        scores.append(sc)
+        medians.append(np.median(maps.reshape(len(maps), -1), axis=1))
+    scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if not len(scores) or not np.isfinite(scores).all():
+        raise RD2TError(
+            "calibration: the trained model gives non-finite scores on the held-out good images "
+            "(diverged training? try a lower --lr)"
+        )
+    threshold = calibrate_threshold(scores, rule)
+    return Calibration(
+        threshold,
+        rule,
+        source,
+        scores.tolist(),
+        map_range_from(float(np.median(np.concatenate(medians))), threshold),
+    )
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    model: RD2T
+    checkpoint: Path
+    history: list[float] = field(default_factory=list)
+    calibration: Calibration | None = None
+    epoch_seconds: list[float] = field(default_factory=list)  # this call's epochs, for benchmarks
+    cache_seconds: float = 0.0
+
+
+def _checkpoint(
+    model: RD2T, optimizer, epoch: int, history, files, complete: bool, calibration: Calibration | None = None
+) -> Checkpoint:
+    return Checkpoint(
+        model.config,
+        model.state_dict(),
+        epoch,
+        list(history),
+        [str(p) for p in files["train"]],
+        [str(p) for p in files["val"]],
+        complete,
+        calibration,
+        optimizer.state_dict() if optimizer is not None else None,
+    )
+
+
+def train(
+    config: Config,
+    good_images: list[Path],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train on defect-free images; writes out_dir/last.pt every epoch and out_dir/model.pt at the end.
+
+    `stop_after` ends the run after that many epochs *of this call* (as an interruption would); the
+    checkpoint then says incomplete and `resume=True` continues it.
+    Inside a process group (train_distributed) every rank calls this; see the module docstring.
+    """
+    out_dir = Path(out_dir)
+    last_path, final_path = out_dir / "last.pt", out_dir / "model.pt"
+    rank, world = ddp.rank_and_world()
+    progress = progress and rank == 0
+    device = resolve_device(config.device)
+    if rank == 0:
+        check_writable(out_dir)  # before any image is read or any epoch runs
+    start_epoch, history, state = 0, [], None
+    if resume:  # rank 0 reads the checkpoint and sends it to the others: only its out_dir must hold it
+        state = ddp.from_rank0(lambda: Checkpoint.load(last_path) if last_path.exists() else None)
+    if state is not None:
+        conflicts = state.config.conflicts(config)
+        if conflicts:
+            raise ConfigError(
+                f"{last_path}: --resume with settings that differ from the checkpoint "
+                f"({'; '.join(conflicts)}); use another --out to train anew"
+            )
+        config = state.config.replace(device=config.device, epochs=config.epochs, cache=config.cache)
+        start_epoch, history = state.epoch, list(state.history)
+        train_paths, val_paths = [Path(p) for p in state.train_files], [Path(p) for p in state.val_files]
+    else:
+        train_paths, val_paths = split_validation(list(good_images), config.val_fraction, config.seed)
+
+    seed_everything(config.seed)
+    model = RD2T(config, pretrained=config.pretrained if state is None else False).to(device)
+    if world > 1:
+        ddp.sync_batchnorm(model, device)  # BatchNorm statistics over the global batch, as in one process
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr, betas=config.betas)
+    if state is not None:
+        model.load_state_dict(state.weights)
+        if state.optimizer is None:
+            raise CheckpointError(f"{last_path}: holds no optimizer state, cannot resume from it")
+        optimizer.load_state_dict(state.optimizer)
+
+    images, train_paths = load_training_images(train_paths, config.image_size, progress, "training")
+    val_images, val_paths = torch.zeros(0, 3, 1, 1, dtype=torch.uint8), list(val_paths)
+    if val_paths:
+        try:
+            val_images, val_paths = load_training_images(val_paths, config.image_size, progress, "validation")
+        except InputError as e:  # the threshold then comes from training images (said in its source)
+            print(f"warning: {e}; the threshold will come from the training images", file=sys.stderr)
+            val_paths = []
+    files = {"train": train_paths, "val": val_paths}
+    n = len(images)
+    if n < 2:
+        raise InputError(f"{len(train_paths)} training image(s): at least 2 are needed")
+    batch_size = min(config.batch_size, n)  # partial batches are dropped: BN needs > 1 sample
+    local_batch = ddp.local_batch_size(n, batch_size)  # batch_size // world; fails on every rank if it can't
+    steps = n // batch_size
+
+    cache, t_cache = None, time.perf_counter()
+    if config.cache != "none":
+        cache = FeatureCache(
+            model, images, config.cache, out_dir / "cache", device, config.batch_size, progress
+        )
+    cache_seconds, epoch_seconds = time.perf_counter() - t_cache, []
+
+    reconstruct = ddp.data_parallel(model, device) if world > 1 else model.reconstruct
+    epochs_run = 0
+    bar = tqdm(
+        range(start_epoch, config.epochs),
+        desc="training",
+        disable=not progress,
+        initial=start_epoch,
+        total=config.epochs,
+    )
+    for epoch in bar:
+        t_epoch = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        # This rank's share, DistributedSampler's layout: every world-th index of the permutation (all of it
+        # with one process). Its k-th batch of local_batch and the other ranks' k-th batches together are
+        # order[k * batch_size : (k + 1) * batch_size], the k-th batch of a single-process run.
+        mine = order[: steps * batch_size][rank::world]
+        losses = []
+        for start in range(0, steps * local_batch, local_batch):
+            idx = mine[start : start + local_batch]
+            if cache is not None:
+                features = cache.get(idx)
+            else:
+                features = model.teacher_features(to_model_input(images[idx].to(device)))
+            loss = model.loss(features, reconstruct(features))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        history.append(ddp.mean_over_ranks(float(np.mean(losses)), device))
+        epoch_seconds.append(time.perf_counter() - t_epoch)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if rank == 0:
+            _checkpoint(model, optimizer, epoch + 1, history, files, complete=False).save(last_path)
+        epochs_run += 1
+        if stop_after is not None and epochs_run >= stop_after and epoch + 1 < config.epochs:
+            return TrainResult(
+                model, last_path, history, epoch_seconds=epoch_seconds, cache_seconds=cache_seconds
+            )
+
+    # Threshold from held-out good images; without any, the training images' scores (biased low: more alarms).
+    # Rank 0 only (the weights are the same everywhere); the other ranks wait until model.pt is written.
+    calibration = None
+    if rank == 0:
+        source = "validation" if len(val_images) else "training images (no validation images held out)"
+        calibration = calibrate(
+            model, val_images if len(val_images) else images, config.threshold_rule, source, config.batch_size
+        )
+        final = _checkpoint(
+            model, None, config.epochs, history, files, complete=True, calibration=calibration
+        )
+        final.save(final_path)
+        final.optimizer = optimizer.state_dict()
+        final.save(last_path)
+    ddp.barrier()
+    return TrainResult(model, final_path, history, calibration, epoch_seconds, cache_seconds)
