@@ -1,7 +1,8 @@
 """One self-contained HTML report of an evaluation or a prediction run.
 
 The file has no external reference at all (no URL, no script, no web font): images are base64 PNG
-data URIs, plots are matplotlib PNGs, the CSS is inline. It can be mailed, archived or opened on an
+data URIs, plots are matplotlib PNGs (rd2t.report.plots), the CSS (style.css beside this file) is
+inlined. It can be mailed, archived or opened on an
 air-gapped shop-floor PC and looks the same everywhere.
 
 Heat maps share ONE colour scale across the whole report (see ``default_map_range``) so that red
@@ -10,21 +11,15 @@ means the same anomaly score on every image.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
-import io
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from PIL import Image
 
 from rd2t import __version__
@@ -33,27 +28,29 @@ from rd2t.data import load_image
 from rd2t.errors import InputError
 from rd2t.evaluation.metrics import roc_curve_points
 from rd2t.files import atomic_write
-from rd2t.report.heatmap import binary_mask, colorize, contour, overlay, resize_map
+from rd2t.report.heatmap import binary_mask, contour, overlay, resize_map
+from rd2t.report.plots import (
+    PRO_FPR_LIMIT,
+    colorbar_uri,
+    fmt_score,
+    is_missing,
+    plot_histogram,
+    plot_pro,
+    plot_roc,
+    png_uri,
+)
 
 __all__ = ["ImageResult", "default_map_range", "write_report"]
 
 # Gallery thumbnails: at most this many pixels on their longer side.
 THUMB_SIZE = 256
-# Lossless PNG unless a thumbnail would exceed this; then a 256-colour palette, which is about a third
-# of the size and keeps a 100-image report near 10 MB even for noisy textures.
-LOSSLESS_PNG_BYTES = 64 * 1024
 # Examples shown per defect type, spread over that type's score range.
 EXAMPLES_PER_TYPE = 4
-# AU-PRO integrates the PRO curve up to this pixel false-positive rate (MVTec AD's definition).
-PRO_FPR_LIMIT = 0.3
 # Strongest blend of the heat map over the part (at the top of the scale): jet's dark red at 0.5 looks
 # muddy on grey metal, 0.7 reads as red while the surface texture still shows through.
 OVERLAY_ALPHA = 0.7
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 255)
-# Colours of good and defective images in the plots (colour-blind-safe blue / orange).
-GOOD_COLOR = "#3b6fb6"
-DEFECT_COLOR = "#e0702b"
 
 # Known metrics in display order: (name, what it tells a reader who is not an ML engineer).
 METRICS: dict[str, tuple[str, str]] = {
@@ -98,24 +95,8 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _is_missing(value: object) -> bool:
-    """None or NaN, whatever the number type (metrics may arrive as numpy scalars)."""
-    if value is None:
-        return True
-    try:
-        return math.isnan(value)  # type: ignore[arg-type]
-    except TypeError:
-        return False
-
-
-def _fmt_score(value: float) -> str:
-    """Scores and thresholds: 4 significant digits whatever their scale, trailing zeros kept so that a
-    column of scores lines up."""
-    return f"{value:#.4g}"
-
-
 def _fmt_metric(key: str, value: object) -> str:
-    if _is_missing(value):
+    if is_missing(value):
         return "—"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
@@ -154,50 +135,6 @@ def _short_path(path: Path) -> str:
     """parent/name: enough to find the file among a dataset's per-defect folders."""
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
-
-
-# --------------------------------------------------------------------------------------------
-# Pictures as data URIs
-# --------------------------------------------------------------------------------------------
-
-
-def _png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    # zlib's default level: "optimize" saves ~4 % for twice the time on photo-like thumbnails.
-    img.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _png_uri(img: Image.Image) -> str:
-    """A PNG data URI; grey pictures stored as one channel, large ones with a 256-colour palette."""
-    rgb = np.asarray(img.convert("RGB"))
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        img = Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
-    data = _png_bytes(img)
-    if len(data) > LOSSLESS_PNG_BYTES and img.mode != "L":
-        # No dithering: dither noise is incompressible and would undo most of the saving.
-        palette = img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        data = min(data, _png_bytes(palette), key=len)
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _figure_uri(draw: Callable[[Axes], None], size: tuple[float, float] = (4.6, 3.5)) -> str:
-    """Render one matplotlib axes to a PNG data URI (Figure directly: no pyplot, no global state)."""
-    style = {
-        "font.size": 9,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.titleweight": "bold",
-    }
-    with matplotlib.rc_context(style):
-        fig = Figure(figsize=size, dpi=150)
-        draw(fig.add_subplot())
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,92 +185,6 @@ def default_map_range(results: Sequence[ImageResult], threshold: float | None = 
 
 
 # --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
-def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auroc: object, point: tuple[float, float] | None) -> str:
-    def draw(ax: Axes) -> None:
-        label = "ROC" if _is_missing(auroc) else f"ROC (AUROC {float(auroc):.4f})"
-        ax.plot(fpr, tpr, color=DEFECT_COLOR, lw=2, label=label)
-        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
-        if point is not None:
-            ax.plot(*point, "o", ms=7, mfc="white", mec="black", mew=1.5, label="at the threshold")
-        ax.set(
-            xlim=(-0.01, 1.01),
-            ylim=(-0.01, 1.01),
-            xlabel="false alarm rate (good images rejected)",
-            ylabel="detection rate (defective images caught)",
-            title="Image-level ROC",
-        )
-        ax.legend(loc="lower right", frameon=False)
-
-    return _figure_uri(draw)
-
-
-def _decimate(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """At most ~2n points of a curve with increasing x (a PRO curve has one per distinct pixel score)."""
-    if x.size <= 2 * n:
-        return x, y
-    idx = np.unique(
-        np.concatenate(
-            [
-                np.searchsorted(x, np.linspace(0, 1, n)),
-                np.linspace(0, x.size - 1, n).astype(int),
-                [0, x.size - 1],
-            ]
-        )
-    )
-    idx = idx[idx < x.size]
-    return x[idx], y[idx]
-
-
-def _plot_pro(fpr: np.ndarray, pro: np.ndarray, au_pro: object) -> str:
-    fpr, pro = _decimate(fpr, pro)
-
-    def draw(ax: Axes) -> None:
-        label = "PRO" if _is_missing(au_pro) else f"PRO (AU-PRO {float(au_pro):.4f})"
-        ax.plot(fpr, pro, color=DEFECT_COLOR, lw=2, label=label)
-        inside = fpr <= PRO_FPR_LIMIT
-        # The shaded area is what AU-PRO integrates (then divides by the limit).
-        x = np.append(fpr[inside], PRO_FPR_LIMIT)
-        y = np.append(pro[inside], np.interp(PRO_FPR_LIMIT, fpr, pro))
-        ax.fill_between(x, 0, y, color=DEFECT_COLOR, alpha=0.2, lw=0, label=f"area up to FPR {PRO_FPR_LIMIT}")
-        ax.axvline(PRO_FPR_LIMIT, color="0.4", lw=1, ls="--")
-        ax.set(
-            xlim=(-0.01, 1.01),
-            ylim=(-0.01, 1.01),
-            xlabel="false positive rate (defect-free pixels)",
-            ylabel="per-region overlap",
-            title="Pixel-level PRO curve",
-        )
-        ax.legend(loc="lower right", frameon=False)
-
-    return _figure_uri(draw)
-
-
-def _plot_histogram(good: np.ndarray, bad: np.ndarray, threshold: float | None) -> str:
-    def draw(ax: Axes) -> None:
-        values = np.concatenate([good, bad])
-        edges = np.histogram_bin_edges(values, bins=min(40, max(10, values.size // 4)))
-        if good.size:
-            ax.hist(good, bins=edges, color=GOOD_COLOR, alpha=0.65, label=f"good ({good.size})")
-        if bad.size:
-            ax.hist(bad, bins=edges, color=DEFECT_COLOR, alpha=0.65, label=f"defective ({bad.size})")
-        if threshold is not None:
-            ax.axvline(threshold, color="black", lw=1.5, ls="--", label=f"threshold {_fmt_score(threshold)}")
-        ax.set(xlabel="image anomaly score", ylabel="images", title="Score distribution")
-        ax.legend(frameon=False)
-
-    return _figure_uri(draw)
-
-
-def _colorbar_uri(low: float, high: float) -> str:
-    ramp = np.tile(np.linspace(low, high, 512, dtype=np.float32), (16, 1))
-    return _png_uri(Image.fromarray(colorize(ramp, low, high)))
-
-
-# --------------------------------------------------------------------------------------------
 # Gallery
 # --------------------------------------------------------------------------------------------
 
@@ -375,8 +226,8 @@ class _Gallery:
         self._readable[id(r)] = readable
         amap = resize_map(r.anomaly_map, img.size)
         panels = [
-            ("image", _png_uri(img)),
-            ("heat map", _png_uri(overlay(img, amap, self.low, self.high, OVERLAY_ALPHA))),
+            ("image", png_uri(img)),
+            ("heat map", png_uri(overlay(img, amap, self.low, self.high, OVERLAY_ALPHA))),
         ]
         if r.mask is not None or self.region_threshold is not None:
             marked = img
@@ -384,7 +235,7 @@ class _Gallery:
                 marked = contour(marked, r.mask, GT_COLOR, width=2)
             if self.region_threshold is not None:
                 marked = contour(marked, binary_mask(amap, self.region_threshold), PRED_COLOR, width=2)
-            panels.append(("regions", _png_uri(marked)))
+            panels.append(("regions", png_uri(marked)))
         return panels
 
     def card(self, r: ImageResult) -> str:
@@ -409,7 +260,7 @@ class _Gallery:
             f'<div class="panels">{panels}</div>{missing}'
             f'<figcaption><div class="name" title="{_esc(r.path)}">{_esc(_short_path(r.path))}</div>'
             f'<div class="meta">{f"<span class=type>{_esc(type_text)}</span>" if type_text else ""}'
-            f'<span class="score">score <b>{_fmt_score(r.score)}</b></span>{badge}{outcome_html}</div>'
+            f'<span class="score">score <b>{fmt_score(r.score)}</b></span>{badge}{outcome_html}</div>'
             "</figcaption></figure>"
         )
 
@@ -466,7 +317,7 @@ def _metrics_section(
             f"{rows}</table>"
         )
     present = [k for k in PIXEL_METRICS if k in metrics]
-    if present and all(_is_missing(metrics[k]) for k in present):
+    if present and all(is_missing(metrics[k]) for k in present):
         parts.append(
             '<p class="note">No masks: image-level metrics only (the test set has no ground-truth '
             "masks, so pixel AUROC, AU-PRO and pixel AP cannot be computed).</p>"
@@ -522,12 +373,12 @@ def _curves_section(
                 float(np.mean(scores[labels == 0] > threshold)),
                 float(np.mean(scores[labels == 1] > threshold)),
             )
-        figs.append(_plot_roc(fpr, tpr, metrics.get("image_auroc"), point))
+        figs.append(plot_roc(fpr, tpr, metrics.get("image_auroc"), point))
     else:
         figs.append(None)
     fpr, pro = (np.asarray(a, dtype=float) for a in curves.get("pro", (np.empty(0), np.empty(0))))
-    figs.append(_plot_pro(fpr, pro, metrics.get("au_pro")) if fpr.size else None)
-    figs.append(_plot_histogram(scores[labels == 0], scores[labels == 1], threshold) if labelled else None)
+    figs.append(plot_pro(fpr, pro, metrics.get("au_pro")) if fpr.size else None)
+    figs.append(plot_histogram(scores[labels == 0], scores[labels == 1], threshold) if labelled else None)
 
     missing = [
         "The ROC needs both good and defective test images.",
@@ -544,7 +395,7 @@ def _curves_section(
     if threshold is not None and labelled:
         c = _counts(labelled)
         notes.append(
-            f"At the threshold {_fmt_score(threshold)}: <b>{c['alarms']}</b> false "
+            f"At the threshold {fmt_score(threshold)}: <b>{c['alarms']}</b> false "
             f"alarm{'s' if c['alarms'] != 1 else ''} among {c['good']} good images and "
             f"<b>{c['misses']}</b> miss{'es' if c['misses'] != 1 else ''} among {c['bad']} defective images."
         )
@@ -562,7 +413,7 @@ def _scale_section(
         pos = 100.0 * (threshold - low) / (high - low)
         marker = (
             f'<div class="thr" style="left:{pos:.2f}%"></div>'
-            f'<div class="thrlabel" style="left:{pos:.2f}%">threshold {_fmt_score(threshold)}</div>'
+            f'<div class="thrlabel" style="left:{pos:.2f}%">threshold {fmt_score(threshold)}</div>'
         )
     legend = []
     if has_masks:
@@ -576,8 +427,8 @@ def _scale_section(
     return (
         '<div class="scale"><div class="scaletext">Heat-map colour scale, the same for every image: '
         "transparent at and below the typical defect-free level, red at the top.</div>"
-        f'<div class="bar"><img src="{_colorbar_uri(low, high)}" alt="colour scale">{marker}</div>'
-        f'<div class="ends"><span>{_fmt_score(low)}</span><span>{_fmt_score(high)}</span></div>'
+        f'<div class="bar"><img src="{colorbar_uri(low, high)}" alt="colour scale">{marker}</div>'
+        f'<div class="ends"><span>{fmt_score(low)}</span><span>{fmt_score(high)}</span></div>'
         f"{legend_html}</div>"
     )
 
@@ -605,7 +456,7 @@ def _table_of_all(results: list[ImageResult], labelled: bool) -> str:
         if labelled:
             label = {0: "good", 1: "defective"}.get(r.label, "—")
             cells += [f"<td>{_esc(r.defect_type)}</td>", f"<td>{label}</td>"]
-        cells += [f'<td class="num">{_fmt_score(r.score)}</td>', f"<td>{decision}</td>"]
+        cells += [f'<td class="num">{fmt_score(r.score)}</td>', f"<td>{decision}</td>"]
         if labelled:
             cells.append(f'<td class="outcome {css}">{_esc(outcome)}</td>')
         rows.append(f'<tr class="{css}">{"".join(cells)}</tr>')
@@ -644,10 +495,10 @@ def _tiles(
         parts.append(
             _tile("Image AUROC", _fmt_metric("image_auroc", metrics["image_auroc"]), "1.0000 = perfect")
         )
-    if "au_pro" in metrics and not _is_missing(metrics["au_pro"]):
+    if "au_pro" in metrics and not is_missing(metrics["au_pro"]):
         parts.append(_tile("AU-PRO", _fmt_metric("au_pro", metrics["au_pro"]), "defect localisation"))
     if threshold is not None:
-        parts.append(_tile("Threshold", _fmt_score(threshold), "score above it = defective"))
+        parts.append(_tile("Threshold", fmt_score(threshold), "score above it = defective"))
         if labelled:
             parts.append(
                 _tile(
@@ -715,82 +566,13 @@ def _per_type_section(labelled: list[ImageResult], gallery: _Gallery, per_type: 
     return "".join(parts)
 
 
-CSS = """
-*{box-sizing:border-box}
-body{margin:0;background:#f3f4f6;color:#1f2937;
-font:14px/1.45 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans","DejaVu Sans",sans-serif}
-header{background:#1e293b;color:#f8fafc;padding:24px 0}
-.wrap{max-width:1280px;margin:0 auto;padding:0 24px}
-header .wrap{display:flex;justify-content:space-between;gap:32px;flex-wrap:wrap;align-items:flex-start}
-h1{margin:0 0 4px;font-size:26px;font-weight:600}
-.subtitle{color:#94a3b8;font-size:13px}
-table.info{border-collapse:collapse;font-size:13px}
-table.info th{color:#94a3b8;font-weight:normal;text-align:left;padding:2px 16px 2px 0}
-table.info td{color:#f8fafc;padding:2px 0;word-break:break-all}
-section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:20px 24px;margin:20px 0}
-h2{font-size:18px;margin:0 0 12px;font-weight:600}
-h3{font-size:15px;margin:18px 0 6px;font-weight:600}
-.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px;margin:20px 0}
-.tile{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:12px 16px;
-border-top:4px solid #64748b}
-.tile .label{font-size:12px;color:#6b7280;text-transform:uppercase;letter-spacing:.04em}
-.tile .value{font-size:24px;font-weight:600;margin-top:2px}
-.tile .sub{font-size:12px;color:#6b7280}
-.tile.good{border-top-color:#16a34a}.tile.bad{border-top-color:#dc2626}.tile.info{border-top-color:#3b6fb6}
-table{border-collapse:collapse}
-table.metrics,table.perdefect,table.all{width:100%;font-size:13px}
-table.metrics th,table.metrics td,table.perdefect th,table.perdefect td,table.all th,table.all td{
-padding:6px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
-table.metrics tr:first-child th,table.perdefect tr:first-child th,table.all tr:first-child th{
-background:#f9fafb;color:#4b5563;font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.03em}
-table td.num,table th.num{text-align:right}
-td.num{font-variant-numeric:tabular-nums;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
-td.desc{color:#6b7280}
-.note{background:#fff7ed;border-left:4px solid #f59e0b;padding:8px 12px;margin:12px 0 0}
-.hint{color:#6b7280;font-size:13px;margin:6px 0}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(330px,1fr));gap:16px}
-.plot img{width:100%;display:block}
-.plot.empty{display:flex;align-items:center;justify-content:center;min-height:200px;background:#f9fafb;
-border:1px dashed #d1d5db;border-radius:6px;color:#6b7280;padding:16px;text-align:center}
-.scale{margin:0 0 16px;max-width:760px}
-.scaletext{font-size:13px;color:#4b5563;margin-bottom:6px}
-.bar{position:relative;height:16px;margin-bottom:20px}
-.bar img{width:100%;height:16px;display:block;border-radius:3px}
-.thr{position:absolute;top:-4px;height:24px;border-left:2px solid #111}
-.thrlabel{position:absolute;top:20px;transform:translateX(-50%);font-size:12px;white-space:nowrap}
-.ends{display:flex;justify-content:space-between;font-size:12px;color:#6b7280;margin-top:-18px}
-.legend{font-size:13px;margin-top:8px}
-.swatch{display:inline-block;width:14px;height:4px;vertical-align:middle;margin-right:2px}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px}
-.card{margin:0;border:1px solid #e5e7eb;border-radius:8px;overflow:hidden;background:#fff}
-.card.miss{border-color:#dc2626;box-shadow:0 0 0 1px #dc2626}
-.card.alarm{border-color:#f59e0b;box-shadow:0 0 0 1px #f59e0b}
-.panels{display:grid;grid-auto-flow:column;grid-auto-columns:1fr;gap:2px;background:#111}
-.panel{position:relative}
-.panel img{width:100%;display:block}
-.panel span{position:absolute;left:4px;top:4px;background:rgba(0,0,0,.55);color:#fff;font-size:11px;
-padding:1px 6px;border-radius:3px}
-figcaption{padding:8px 10px;font-size:13px}
-.name{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.meta{display:flex;gap:10px;align-items:center;flex-wrap:wrap;color:#4b5563;margin-top:2px}
-.score b{font-family:ui-monospace,"DejaVu Sans Mono",monospace;color:#111}
-.badge{font-size:11px;font-weight:700;padding:1px 8px;border-radius:10px;color:#fff;letter-spacing:.04em}
-.badge.ng{background:#dc2626}.badge.ok{background:#16a34a}
-.outcome{font-size:12px}.outcome.miss{color:#dc2626;font-weight:600}.outcome.alarm{color:#b45309;font-weight:600}
-.outcome.ok{color:#16a34a}
-.warn{background:#fef2f2;color:#991b1b;font-size:12px;padding:2px 10px}
-td.path{word-break:break-all;font-size:12px}
-table.all td:first-child{width:4em}
-tr.miss td{background:#fef2f2}tr.alarm td{background:#fffbeb}
-details summary{cursor:pointer;font-weight:600;margin:4px 0 8px}
-footer{color:#9ca3af;font-size:12px;text-align:center;padding:8px 0 28px}
-@media print{body{background:#fff}section{break-inside:avoid;border:none}.card{break-inside:avoid}}
-"""
-
-
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
+
+
+def _css() -> str:
+    return (Path(__file__).with_name("style.css")).read_text(encoding="utf-8")
 
 
 def write_report(
@@ -864,7 +646,7 @@ def write_report(
     document = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<title>{_esc(title)}</title><style>{_css()}</style></head><body>"
         + "\n".join(body)
         + "</body></html>\n"
     )
