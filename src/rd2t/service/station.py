@@ -1,0 +1,410 @@
+"""The Station: a model loaded once, the database, the image store and MQTT — and `inspect`, the one
+code path from image bytes to a committed row used by the HTTP service and by `rd2t watch` alike."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from PIL import Image, UnidentifiedImageError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import rd2t
+from rd2t.data.images import _one_line, to_rgb
+from rd2t.errors import ConfigError, InputError, RD2TError
+from rd2t.files import check_writable
+from rd2t.inference.predictor import Predictor, check_threshold
+from rd2t.report.heatmap import overlay
+from rd2t.service import db
+from rd2t.service.settings import StationSettings
+from rd2t.service.storage import FORMATS, Storage
+
+log = logging.getLogger("rd2t.service")
+THUMB_PX = 256
+
+
+class TooLarge(RD2TError):
+    """An upload over the byte or pixel limit (HTTP 413)."""
+
+
+class QueueFull(RD2TError):
+    """Every worker busy and the waiting room full (HTTP 503 + Retry-After)."""
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_image(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """Decoded RGB image and its Pillow format. The pixel count is checked from the header, before any
+    pixel is decoded, so a decompression bomb costs nothing. Errors are one line naming `name`."""
+    try:
+        im = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise TooLarge(f"{name}: too many pixels ({_one_line(e)})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: cannot read image (not an image format Pillow recognises)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{name}: cannot read image ({_one_line(e)})") from None
+    if im.format not in FORMATS:
+        raise InputError(f"{name}: unsupported image format {im.format}; send PNG, JPEG, BMP, TIFF or WebP")
+    w, h = im.size
+    if w * h > max_pixels:
+        raise TooLarge(f"{name}: {w}x{h} = {w * h} pixels, over this station's limit of {max_pixels}")
+    fmt = im.format
+    try:
+        im.load()
+        return to_rgb(im, name), fmt
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InputError(f"{name}: cannot read image ({_one_line(e)})") from None
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (several stations can live in one process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rd2t_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.seconds = Histogram(
+            "rd2t_inspection_seconds",
+            "Time of one inspection: decode, model, files, database",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.decisions = Counter("rd2t_decisions", "Verdicts", ["decision"], registry=self.registry)
+        self.queue_depth = Gauge("rd2t_queue_depth", "Inspections running or waiting", registry=self.registry)
+
+
+class Station:
+    def __init__(self, settings: StationSettings):
+        self.settings = settings
+        self.loaded_at = datetime.now(timezone.utc)
+        self.predictor = Predictor.open(settings.model, backend=settings.backend, threads=settings.threads)
+        self.model_sha256 = sha256_file(settings.model)
+        self.model_id = self.model_sha256[:12]
+        self.colour_range = self.predictor.colour_range()
+        self.storage = Storage(settings.images)
+        self.storage.sweep_temp_files()
+        self.engine = db.open_engine(settings.db_url)
+        self._threshold = self._threshold_in_force()
+        self.metrics = Metrics()
+        self.listeners: list[Callable[[dict], None]] = []  # called with each committed record
+        self.publisher = None
+        if settings.mqtt:
+            from rd2t.service.mqtt import Publisher
+
+            self.publisher = Publisher(settings.mqtt)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    # ---- threshold: a row per change, the last one in force -------------------------------------
+    @property
+    def calibrated_threshold(self) -> float | None:
+        cal = self.predictor.calibration
+        return cal.threshold if cal else None
+
+    def _threshold_in_force(self) -> float:
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                sa.select(db.threshold_changes.c.value).order_by(db.threshold_changes.c.id.desc()).limit(1)
+            ).scalar()
+        value = last if last is not None else self.calibrated_threshold
+        if value is None:
+            raise ConfigError(f"{self.settings.model}: the model has no calibrated threshold; retrain it")
+        return float(value)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def refresh_threshold(self) -> float:
+        """Re-read the threshold in force (another process on the same database may have changed it)."""
+        self._threshold = self._threshold_in_force()
+        return self._threshold
+
+    def set_threshold(self, value, by: str | None = None, note: str | None = None) -> float:
+        value = check_threshold(value)
+        if value is None:
+            raise ConfigError("threshold: a number is needed")
+        with self.engine.begin() as conn:
+            conn.execute(
+                db.threshold_changes.insert().values(
+                    value=value, previous=self._threshold, by=by, note=note, at=db.utcnow()
+                )
+            )
+        self._threshold = value  # after the commit: what is in force is what is recorded
+        return value
+
+    def threshold_history(self) -> list[dict]:
+        t = db.threshold_changes
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.id.desc())).mappings().all()
+        return [
+            {
+                "value": r["value"],
+                "previous": r["previous"],
+                "by": r["by"],
+                "note": r["note"],
+                "at": db.iso(r["at"]),
+            }
+            for r in rows
+        ]
+
+    # ---- the bounded queue ----------------------------------------------------------------------
+    def admit(self) -> None:
+        """Take a place for one request, or raise QueueFull: never an unbounded backlog."""
+        with self._lock:
+            if self._in_flight >= self.settings.workers + self.settings.queue:
+                raise QueueFull("every worker is busy and the queue is full; retry shortly")
+            self._in_flight += 1
+            self.metrics.queue_depth.set(self._in_flight)
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self.metrics.queue_depth.set(self._in_flight)
+
+    # ---- inspection ---------------------------------------------------------------------------------
+    def inspect(
+        self,
+        data: bytes,
+        name: str = "upload",
+        *,
+        part_id: str | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        source: str | None = None,
+    ) -> dict:
+        """Score one image and record it: files first, then the row; returns the committed record.
+
+        InputError for an unreadable image, TooLarge over the limits; sqlalchemy IntegrityError when
+        `source` was recorded already (another watcher won)."""
+        t0 = time.perf_counter()
+        if len(data) > self.settings.max_upload_bytes:
+            raise TooLarge(f"{name}: {len(data)} bytes, over the limit of {self.settings.max_upload_bytes}")
+        image, fmt = open_image(data, name, self.settings.max_pixels)
+        decode_ms = (time.perf_counter() - t0) * 1000
+        threshold = self._threshold
+        pred = self.predictor.predict_one(image, threshold=threshold)
+        decode_ms += pred.timings.get("decode", 0.0)
+        sha = hashlib.sha256(data).hexdigest()
+        original, overlay_name, thumb = self.storage.names(sha, fmt, self.model_id)
+        self.storage.put(original, data)
+        heat = overlay(image, pred.model_map, *self.colour_range)
+        self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
+        small = image.copy()
+        small.thumbnail((THUMB_PX, THUMB_PX))
+        self.storage.put(thumb, lambda f: small.save(f, "JPEG", quality=85))
+        decision = "defect" if pred.score > threshold else "pass"
+        row = {
+            "time": db.utcnow(),
+            "score": pred.score,
+            "decision": decision,
+            "threshold": threshold,
+            "model_id": self.model_id,
+            "model_name": self.settings.model.name,
+            "model_version": f"rd2t {rd2t.__version__}",
+            "decode_ms": round(decode_ms, 3),
+            "model_ms": round(pred.timings.get("model", 0.0), 3),
+            "part_id": part_id,
+            "line": line,
+            "station": station,
+            "image_sha256": sha,
+            "image_type": FORMATS[fmt][0],
+            "image_path": original,
+            "overlay_path": overlay_name,
+            "thumb_path": thumb,
+            "width": image.size[0],
+            "height": image.size[1],
+            "source": source,
+        }
+        row["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        with self.engine.begin() as conn:
+            row_id = conn.execute(
+                db.inspections.insert().values(**row).returning(db.inspections.c.id)
+            ).scalar()
+        record = self.record({**row, "id": row_id, "review_state": "unreviewed"})
+        self.metrics.seconds.observe(time.perf_counter() - t0)
+        self.metrics.decisions.labels(decision).inc()
+        if self.publisher:
+            self.publisher.publish(record)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception as e:  # a listener (the live page) must not fail an inspection
+                log.warning("listener failed: %s", e)
+        return record
+
+    # ---- reading back ------------------------------------------------------------------------------
+    @staticmethod
+    def record(row) -> dict:
+        """The JSON record of a row (see docs/serving.md)."""
+        i = row["id"]
+        return {
+            "id": i,
+            "time": db.iso(row["time"]),
+            "score": row["score"],
+            "decision": row["decision"],
+            "threshold": row["threshold"],
+            "model": {"id": row["model_id"], "name": row["model_name"], "version": row["model_version"]},
+            "timings": {
+                "decode_ms": row["decode_ms"],
+                "model_ms": row["model_ms"],
+                "total_ms": row["total_ms"],
+            },
+            "part_id": row["part_id"],
+            "line": row["line"],
+            "station": row["station"],
+            "image_sha256": row["image_sha256"],
+            "width": row["width"],
+            "height": row["height"],
+            "links": {
+                "image": f"/v1/inspections/{i}/image",
+                "overlay": f"/v1/inspections/{i}/overlay.png",
+                "thumb": f"/v1/inspections/{i}/thumb.jpg",
+                "self": f"/v1/inspections/{i}",
+            },
+            "review": {
+                "state": row.get("review_state") or "unreviewed",
+                "note": row.get("review_note"),
+                "by": row.get("review_by"),
+                "at": db.iso(row.get("review_at")),
+            },
+        }
+
+    def row(self, inspection_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            r = (
+                conn.execute(sa.select(db.inspections).where(db.inspections.c.id == inspection_id))
+                .mappings()
+                .first()
+            )
+        return dict(r) if r else None
+
+    def get(self, inspection_id: int) -> dict | None:
+        r = self.row(inspection_id)
+        return self.record(r) if r else None
+
+    def list(
+        self,
+        *,
+        decision: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        reviewed: bool | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict:
+        t = db.inspections
+        where = []
+        if decision:
+            where.append(t.c.decision == decision)
+        if since:
+            where.append(t.c.time >= db.to_utc_naive(since))
+        if until:
+            where.append(t.c.time <= db.to_utc_naive(until))
+        if line:
+            where.append(t.c.line == line)
+        if station:
+            where.append(t.c.station == station)
+        if reviewed is not None:
+            where.append(
+                (t.c.review_state != "unreviewed") if reviewed else (t.c.review_state == "unreviewed")
+            )
+        if after_id is not None:
+            where.append(t.c.id > after_id)
+        order = t.c.id.asc() if after_id is not None else t.c.id.desc()
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
+            rows = conn.execute(
+                sa.select(t).where(*where).order_by(order).limit(limit).offset(offset)
+            ).mappings()
+            items = [self.record(dict(r)) for r in rows]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    def review(self, inspection_id: int, state: str, note: str | None, by: str | None) -> dict | None:
+        if state not in db.REVIEW_STATES:
+            raise InputError(f"review state {state!r}: expected one of {', '.join(db.REVIEW_STATES)}")
+        t = db.inspections
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                t.update()
+                .where(t.c.id == inspection_id)
+                .values(review_state=state, review_note=note, review_by=by, review_at=db.utcnow())
+            ).rowcount
+        return self.get(inspection_id) if n else None
+
+    def reviewed_scores(self, states) -> list[float]:
+        t = db.inspections
+        with self.engine.connect() as conn:
+            return [s for (s,) in conn.execute(sa.select(t.c.score).where(t.c.review_state.in_(states)))]
+
+    def reviewed_good_rows(self) -> list[dict]:
+        t = db.inspections
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.review_state.in_(db.REVIEWED_GOOD)).order_by(t.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    def has_source(self, source: str) -> bool:
+        t = db.inspections
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.c.id).where(t.c.source == source)).first() is not None
+
+    def model_description(self) -> dict:
+        path = self.settings.model
+        metrics_file = path.parent / "metrics.json"
+        try:
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        except (OSError, ValueError):
+            metrics = None
+        cal = self.predictor.calibration
+        return {
+            "id": self.model_id,
+            "name": path.name,
+            "path": str(path.resolve()),
+            "sha256": self.model_sha256,
+            "backend": type(self.predictor.backend).__name__.removesuffix("Backend").lower(),
+            "config": self.predictor.config.to_dict(),
+            "calibration": cal.to_dict() if cal else None,
+            "metrics": metrics,
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+    def ready(self) -> dict:
+        """Model loaded; database answers and takes a write (rolled back); images folder writable."""
+        ok_db = ok_files = True
+        try:
+            with self.engine.connect() as conn:
+                tx = conn.begin()
+                conn.execute(db.threshold_changes.insert().values(value=0.0, at=db.utcnow()))
+                tx.rollback()
+        except Exception as e:
+            log.warning("not ready: database: %s", e)
+            ok_db = False
+        try:
+            check_writable(self.storage.root)
+        except RD2TError as e:
+            log.warning("not ready: %s", e)
+            ok_files = False
+        return {"model": self.predictor is not None, "database": ok_db, "images": ok_files}
+
+    def close(self) -> None:
+        if self.publisher:
+            self.publisher.close()
+        self.engine.dispose()

@@ -1,0 +1,64 @@
+"""Image files of the station, content-addressed: `<images>/<kind>/<sha[:2]>/<sha>...`.
+
+Paths are made here from a SHA-256 and stored relative in the database; no path ever comes from a
+request. Every file is written through rd2t.files.atomic_write BEFORE its row is committed, so a row
+never points at a missing or half-written file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rd2t.errors import InputError
+from rd2t.files import atomic_write, check_writable
+
+FORMATS = {  # Pillow format -> (content type, extension): the formats a station accepts
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "BMP": ("image/bmp", "bmp"),
+    "TIFF": ("image/tiff", "tif"),
+    "WEBP": ("image/webp", "webp"),
+}
+
+
+class Storage:
+    def __init__(self, root: Path):
+        self.root = check_writable(Path(root)).resolve()
+
+    def put(self, relative: str, data) -> str:
+        """Write `data` (bytes or a writer function) at `relative` unless it is there already (same
+        name = same content). Returns `relative`."""
+        path = self.root / relative
+        if not path.exists():
+            atomic_write(path, data)
+        return relative
+
+    def path(self, relative: str) -> Path:
+        """The file of a stored row; refuses anything that would leave the images folder."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise InputError(f"{relative}: not a station file")
+        return path
+
+    @staticmethod
+    def names(sha: str, fmt: str, model_id: str) -> tuple[str, str, str]:
+        """(original, overlay, thumbnail) relative names for an image's hash and the model."""
+        ext = FORMATS[fmt][1]
+        return (
+            f"originals/{sha[:2]}/{sha}.{ext}",
+            f"overlays/{sha[:2]}/{sha}-{model_id}.png",  # the overlay depends on the model, not the threshold
+            f"thumbs/{sha[:2]}/{sha}.jpg",
+        )
+
+    def sweep_temp_files(self, older_than_s: float = 60.0) -> int:
+        """Remove temp files left by a process killed mid-write (atomic_write's `.<name>.*.tmp`)."""
+        n, now = 0, time.time()
+        for p in self.root.glob("*/*/.*.tmp"):
+            try:
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    n += 1
+            except OSError:
+                pass
+        return n
