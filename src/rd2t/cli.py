@@ -1,4 +1,5 @@
-"""Command line: `rd2t train | predict | evaluate | benchmark | export | download | presets | demo`.
+"""Command line: `rd2t train | predict | evaluate | benchmark | export | download | presets | demo |
+serve | watch`.
 
 Every user error is one line on stderr and a non-zero exit; `--debug` (anywhere) shows the traceback.
 """
@@ -313,6 +314,50 @@ def demo(
     from rd2t.runners.demo import run_demo
 
     run_demo(out, [c.strip() for c in categories.split(",")], epochs=epochs, seed=seed, device=device)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="model.pt checkpoint or exported .onnx")],
+    host: Annotated[str, typer.Option(help="Listen address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    db: Annotated[str | None, typer.Option(help="Database URL; default SQLite in --images.")] = None,
+    images: Annotated[Path, typer.Option(help="Originals, overlays, thumbnails.")] = Path("rd2t-station"),
+    mqtt: Annotated[str | None, typer.Option(help="mqtt://host:1883/topic for each verdict.")] = None,
+    token: Annotated[str | None, typer.Option(help="Needed by /v1 and the page; env RD2T_TOKEN.")] = None,
+    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Images scored at once.")] = 2,
+    queue: Annotated[int, typer.Option(min=0, help="Requests waiting before 503.")] = 16,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 50.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest width x height.")] = 40_000_000,
+) -> None:
+    """The inspection station: HTTP API, results database, MQTT and the review page (docs/serving.md)."""
+    from rd2t.service.app import serve as run
+    from rd2t.service.settings import StationSettings
+
+    run(StationSettings(model, host, port, db, images, mqtt, token, backend, threads, workers, queue,
+                        max_upload_mb, max_pixels))  # fmt: skip
+
+
+@app.command()
+def watch(
+    in_dir: Annotated[Path, typer.Argument(help="Folder the camera writes images into.")],
+    model: Annotated[Path, typer.Argument(help="model.pt checkpoint or exported .onnx")],
+    db: Annotated[str | None, typer.Option(help="Database URL; default SQLite in --images.")] = None,
+    images: Annotated[Path, typer.Option(help="Originals, overlays, thumbnails.")] = Path("rd2t-station"),
+    mqtt: Annotated[str | None, typer.Option(help="mqtt://host:1883/topic for each verdict.")] = None,
+    done_dir: Annotated[Path | None, typer.Option(help="Move handled files here (default: leave).")] = None,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
+    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
+) -> None:
+    """Inspect each new image in a folder once, recorded like an HTTP inspection."""
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.watch import watch as run
+
+    settings = StationSettings(model, db=db, images=images, mqtt=mqtt, backend=backend, threads=threads)
+    run(settings, in_dir, done_dir, interval)
 
 
 def main(argv: list[str] | None = None) -> int:
