@@ -166,6 +166,27 @@ def test_export_then_predict_with_onnx_runtime_agrees(trained_cli, texture_set, 
     for a, b in zip(torch_rows, onnx_rows, strict=True):
         assert a["path"] == b["path"] and a["defective"] == b["defective"]
         assert abs(a["score"] - b["score"]) < 1e-4
+    # The deployed file evaluates like its checkpoint; `Detector.load` of the .onnx knows the true config.
+    metrics = {}
+    for name, model in (("pt", trained_cli), ("onnx", onnx_path)):
+        rc, _, _ = _run(
+            capsys,
+            "evaluate",
+            "--checkpoint",
+            model,
+            "--data",
+            texture_set,
+            "--out",
+            tmp_path / name,
+            "--no-report",
+        )
+        assert rc == 0
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    assert metrics["pt"].keys() == metrics["onnx"].keys() and "au_pro" in metrics["pt"]
+    for k, v in metrics["pt"].items():
+        assert metrics["onnx"][k] == pytest.approx(v, abs=1e-3), k
+    assert Detector.load(onnx_path).config == Detector.load(trained_cli).config
+    assert Detector.load(onnx_path).config.image_size == 64  # not the default Config's 256
 
 
 def test_demo_generates_trains_evaluates_predicts_and_reports(tmp_path, capsys):

@@ -279,7 +279,7 @@ class Detector:
             curves=res.curves,
             title=f"rd2t — {title}",
             info=info,
-            map_range=cal.colour_range() if cal and cal.map_range else None,
+            map_range=cal.colour_range() if cal else None,
         )
 
     # ---- helpers --------------------------------------------------------------------------------------
