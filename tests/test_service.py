@@ -1,0 +1,469 @@
+"""The inspection station through real servers on loopback: uvicorn, SQLite and PostgreSQL, Mosquitto.
+
+One server per database per module (the model is loaded once each); tests that need other settings
+(a token, an ONNX model) start their own. Servers that cannot be reached make the tests that need
+them skip, unless RD2T_REQUIRE_SERVICES=1 (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import threading
+import time
+import uuid
+import zipfile
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the station needs the [station] extra")
+httpx = pytest.importorskip("httpx")
+
+from rd2t.inference.predictor import Predictor  # noqa: E402
+from tests.conftest import paint_defect, texture  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+# ---- helpers shared with test_service_faults.py ------------------------------------------------------
+def need(ok: bool, what: str) -> None:
+    """Skip (on a user's machine) or fail (in CI) when a server the test needs is not there."""
+    if ok:
+        return
+    if os.environ.get("RD2T_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is not reachable and RD2T_REQUIRE_SERVICES=1")
+    pytest.skip(f"{what} is not reachable on this machine")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue()
+
+
+def images(n: int, seed: int = 1, size: int = 96, defect: bool = False) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = texture(rng, size)
+        if defect:
+            img = paint_defect(img, rng)[0]
+        out.append(png_bytes(img))
+    return out
+
+
+@contextmanager
+def running_server(settings):
+    """A station app under uvicorn in a thread, on a free loopback port; yields an httpx client."""
+    import uvicorn
+
+    from rd2t.service.app import create_app
+
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    with httpx.Client(base_url=base, timeout=60, headers=headers) as client:
+        client.app = app
+        try:
+            yield client
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+
+
+@contextmanager
+def postgres_database():
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth), dropped afterwards; yields its URL."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN.replace("postgresql://", "postgresql://", 1), autocommit=True)
+    except psycopg.OperationalError:
+        need(False, "PostgreSQL on 127.0.0.1:5432 (user postgres, database test)")
+    name = f"rd2t_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+class Subscriber:
+    """A real MQTT subscriber (paho) collecting the JSON messages of one topic."""
+
+    def __init__(self, port: int, topic: str):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[dict] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append(json.loads(m.payload))
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async(MQTT_HOST, port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "subscriber could not subscribe"
+
+    def wait_for(self, inspection_id: int, timeout: float = 15) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for m in list(self.messages):
+                if m["id"] == inspection_id:
+                    return m
+            time.sleep(0.05)
+        raise AssertionError(f"no MQTT message for inspection {inspection_id}; got {self.messages}")
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# ---- the shared servers ----------------------------------------------------------------------------
+TOPIC = f"rd2t-test/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def station(request, trained_cli_model, tmp_path_factory):
+    """(client, settings) of a running station on SQLite or PostgreSQL, MQTT to the local broker."""
+    from rd2t.service.settings import StationSettings
+
+    mqtt_up = port_open(MQTT_HOST, MQTT_PORT)
+    images_dir = tmp_path_factory.mktemp(f"station-{request.param}")
+
+    def settings(db):
+        return StationSettings(
+            trained_cli_model,
+            db=db,
+            images=images_dir,
+            mqtt=f"mqtt://{MQTT_HOST}:{MQTT_PORT}/{TOPIC}" if mqtt_up else None,
+            threads=1,
+            workers=2,
+            max_upload_mb=2,
+            max_pixels=1_000_000,
+        )
+
+    if request.param == "sqlite":
+        s = settings(None)
+        with running_server(s) as client:
+            yield client, s
+    else:
+        with postgres_database() as url:
+            s = settings(url)
+            with running_server(s) as client:
+                yield client, s
+
+
+def inspect(client, data: bytes, name: str = "part.png", **fields):
+    r = client.post("/v1/inspect", files={"file": (name, data, "image/png")}, data=fields)
+    return r
+
+
+# ---- the API ---------------------------------------------------------------------------------------
+def test_inspect_scores_like_rd2t_predict_and_keeps_the_record(station, trained_cli_model, tmp_path):
+    client, settings = station
+    good, bad = images(1, seed=11)[0], images(1, seed=12, defect=True)[0]
+    predictor = Predictor.open(trained_cli_model)  # what `rd2t predict` runs
+    for data, name in ((good, "good.png"), (bad, "bad.png")):
+        (tmp_path / name).write_bytes(data)
+        expected = predictor.predict_one(tmp_path / name)
+        r = inspect(client, data, name, part_id="P-1", line="L1", station="S1")
+        assert r.status_code == 200, r.text
+        rec = r.json()
+        assert rec["score"] == pytest.approx(expected.score, rel=1e-5, abs=1e-6)
+        assert rec["decision"] == ("defect" if rec["score"] > rec["threshold"] else "pass")
+        assert (rec["part_id"], rec["line"], rec["station"]) == ("P-1", "L1", "S1")
+        assert (rec["width"], rec["height"]) == (96, 96)
+        assert rec["model"]["name"] == "model.pt" and len(rec["model"]["id"]) == 12
+        assert set(rec["timings"]) == {"decode_ms", "model_ms", "total_ms"}
+        assert rec["timings"]["total_ms"] >= rec["timings"]["model_ms"] > 0
+        assert client.get(rec["links"]["self"]).json() == rec  # what was answered is what was stored
+        assert client.get(rec["links"]["image"]).content == data
+        overlay = Image.open(io.BytesIO(client.get(rec["links"]["overlay"]).content))
+        assert overlay.size == (96, 96) and overlay.format == "PNG"
+        thumb = client.get(rec["links"]["thumb"])
+        assert thumb.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+
+
+def test_raw_body_jpeg_and_heatmap_png(station):
+    client, _ = station
+    jpeg = png_bytes(texture(np.random.default_rng(5), 120), "JPEG")
+    r = client.post(
+        "/v1/inspect?heatmap=png&part_id=J1", content=jpeg, headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (120, 120)
+    rec = client.get(f"/v1/inspections/{r.headers['X-Inspection-Id']}").json()
+    assert rec["part_id"] == "J1" and rec["decision"] == r.headers["X-Decision"]
+    assert float(r.headers["X-Score"]) == rec["score"]
+    image = client.get(rec["links"]["image"])
+    assert image.headers["content-type"] == "image/jpeg" and image.content == jpeg
+
+
+def test_batch_reports_each_file(station):
+    client, _ = station
+    a, b = images(2, seed=21)
+    files = [("files", ("a.png", a, "image/png")), ("files", ("broken.png", b"\x89PNG\r\n", "image/png"))]
+    files.append(("files", ("b.png", b, "image/png")))
+    r = client.post("/v1/inspect/batch", files=files, data={"line": "LB"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["line"] for x in body["results"]] == ["LB", "LB"]
+    assert body["errors"] == [{"file": "broken.png", "error": body["errors"][0]["error"]}]
+    assert "broken.png" in body["errors"][0]["error"]
+
+
+def test_corrupt_upload_is_400_one_line_and_the_server_keeps_serving(station):
+    client, _ = station
+    good = images(1, seed=31)[0]
+    truncated = good[: len(good) // 2]
+    for bad in (b"not an image at all", truncated, png_bytes(np.zeros((8, 8, 3), np.uint8), "GIF")):
+        r = inspect(client, bad, "bad.png")
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("bad.png: ") and "\n" not in detail
+    assert inspect(client, good).status_code == 200
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (the data would inflate to gigabytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1) * 64, 9)  # first rows only: it never gets decoded
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_size_limits_give_413(station):
+    client, settings = station
+    for w, h in ((1200, 1000), (60_000, 60_000)):  # over --max-pixels; over Pillow's own bomb limit
+        r = inspect(client, bomb_png(w, h), "bomb.png")
+        assert r.status_code == 413, r.text
+        assert "bomb.png" in r.json()["detail"]
+    big = os.urandom(settings.max_upload_bytes + 1000)
+    assert inspect(client, big, "big.png").status_code == 413
+
+    def chunked():  # no Content-Length: the limit is counted as the body arrives
+        for _ in range(3):
+            yield os.urandom(settings.max_upload_bytes // 2)
+
+    r = client.post("/v1/inspect", content=chunked(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_listing_filters_and_paging(station):
+    client, _ = station
+    line = f"L-{uuid.uuid4().hex[:6]}"
+    client.post("/v1/threshold", json={"value": 1e9, "by": "test"})  # everything passes
+    passes = [inspect(client, d, line=line).json() for d in images(3, seed=41)]
+    client.post("/v1/threshold", json={"value": -1e9, "by": "test"})  # everything is flagged
+    defects = [inspect(client, d, line=line).json() for d in images(2, seed=42)]
+    assert {r["decision"] for r in passes} == {"pass"} and {r["decision"] for r in defects} == {"defect"}
+    page = client.get("/v1/inspections", params={"line": line, "limit": 2}).json()
+    assert page["total"] == 5 and [r["id"] for r in page["items"]] == [defects[1]["id"], defects[0]["id"]]
+    page2 = client.get("/v1/inspections", params={"line": line, "limit": 2, "offset": 2}).json()
+    assert [r["id"] for r in page2["items"]] == [passes[2]["id"], passes[1]["id"]]
+    only = client.get("/v1/inspections", params={"line": line, "decision": "pass"}).json()
+    assert only["total"] == 3
+    after = client.get("/v1/inspections", params={"line": line, "after_id": passes[0]["id"]}).json()
+    assert [r["id"] for r in after["items"]] == [r["id"] for r in passes[1:] + defects]  # oldest first
+    since = client.get("/v1/inspections", params={"line": line, "since": defects[0]["time"]}).json()
+    assert since["total"] == 2
+    until = client.get("/v1/inspections", params={"line": line, "until": passes[2]["time"]}).json()
+    assert until["total"] == 3
+    assert client.get("/v1/inspections", params={"line": line, "reviewed": "true"}).json()["total"] == 0
+    assert client.get("/v1/inspections", params={"decision": "maybe"}).status_code == 422
+    assert client.get("/v1/inspections/999999").status_code == 404
+
+
+def test_review_threshold_history_and_analysis(station, trained_cli_model):
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    client, settings = station
+    rec = inspect(client, images(1, seed=51, defect=True)[0]).json()
+    reviewed = client.post(
+        f"/v1/inspections/{rec['id']}/review", json={"state": "false_alarm", "note": "dust", "by": "qa"}
+    )
+    assert reviewed.status_code == 200
+    assert reviewed.json()["review"]["state"] == "false_alarm" and reviewed.json()["review"]["by"] == "qa"
+    assert client.post(f"/v1/inspections/{rec['id']}/review", json={"state": "meh"}).status_code == 422
+    assert client.post("/v1/inspections/999999/review", json={"state": "false_alarm"}).status_code == 404
+    listed = client.get("/v1/inspections", params={"reviewed": "true"}).json()["items"]
+    assert rec["id"] in [r["id"] for r in listed]
+
+    analysis = client.get("/v1/threshold/analysis").json()
+    assert rec["score"] in analysis["reviewed_good"]
+    assert analysis["validation_good"] == Predictor.open(trained_cli_model).calibration.scores
+
+    new = rec["score"] + 1.0  # above this image's score: the same image now passes
+    state = client.post("/v1/threshold", json={"value": new, "by": "qa", "note": "after review"}).json()
+    assert state["value"] == new and state["history"][0]["by"] == "qa"
+    assert state["history"][0]["note"] == "after review"
+    again = inspect(client, client.get(rec["links"]["image"]).content).json()
+    assert again["threshold"] == new and again["decision"] == "pass"
+    bad = client.post("/v1/threshold", content='{"value": NaN}', headers={"Content-Type": "application/json"})
+    assert bad.status_code in (400, 422)
+    assert client.get("/v1/threshold").json()["value"] == new
+
+    # A restarted station (same database) applies the last recorded threshold.
+    restarted = Station(StationSettings(trained_cli_model, db=settings.db, images=settings.images))
+    try:
+        assert restarted.threshold == new
+    finally:
+        restarted.close()
+
+    z = zipfile.ZipFile(io.BytesIO(client.get("/v1/export/reviewed-good.zip").content))
+    assert any(n.startswith(f"{rec['id']:08d}_") for n in z.namelist())
+    assert (
+        z.read(next(n for n in z.namelist() if n.startswith(f"{rec['id']:08d}_")))
+        == client.get(rec["links"]["image"]).content
+    )
+
+
+def test_health_metrics_model_and_openapi(station):
+    client, _ = station
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["database"] is True
+    inspect(client, images(1, seed=61)[0])
+    text = client.get("/metrics").text
+    for name in (
+        "rd2t_requests_total",
+        "rd2t_inspection_seconds_bucket",
+        "rd2t_decisions_total",
+        "rd2t_queue_depth",
+    ):
+        assert name in text
+    model = client.get("/v1/model").json()
+    assert model["backend"] == "torch" and len(model["sha256"]) == 64 and model["config"]["image_size"] == 64
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/inspect", "/v1/inspections", "/v1/threshold", "/v1/inspect/batch"} <= set(paths)
+
+
+def test_no_path_from_the_request_is_served(station):
+    client, _ = station
+    for url in ("/v1/inspections/..%2F..%2Fetc%2Fpasswd/image", "/v1/inspections/1%2F..%2F..%2Fx/image"):
+        r = client.get(url)
+        assert r.status_code in (404, 422) and b"root:" not in r.content
+
+
+def test_events_stream_each_new_inspection(station):
+    client, _ = station
+    got: list[dict] = []
+    ready = threading.Event()
+
+    def listen():
+        with client.stream("GET", "/v1/events", timeout=20) as r:
+            event = None
+            for line in r.iter_lines():
+                ready.set()
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "inspection":
+                    got.append(json.loads(line[6:]))
+                    return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    rec = inspect(client, images(1, seed=71)[0]).json()
+    t.join(15)
+    assert got and got[0] == rec
+
+
+def test_mqtt_message_per_verdict(station):
+    client, _ = station
+    need(port_open(MQTT_HOST, MQTT_PORT), f"Mosquitto on {MQTT_HOST}:{MQTT_PORT}")
+    sub = Subscriber(MQTT_PORT, TOPIC)
+    try:
+        rec = inspect(client, images(1, seed=81)[0], part_id="M1", station="S9").json()
+        msg = sub.wait_for(rec["id"])
+        assert msg == {
+            "id": rec["id"],
+            "time": rec["time"],
+            "score": rec["score"],
+            "decision": rec["decision"],
+            "threshold": rec["threshold"],
+            "model_id": rec["model"]["id"],
+            "part_id": "M1",
+            "line": None,
+            "station": "S9",
+            "image_sha256": rec["image_sha256"],
+        }
+    finally:
+        sub.close()
+
+
+# ---- other settings: a token, an ONNX model --------------------------------------------------------
+def test_token_guards_api_but_not_health(trained_cli_model, tmp_path):
+    from rd2t.service.settings import StationSettings
+
+    s = StationSettings(trained_cli_model, images=tmp_path / "st", token="s3cret", threads=1)
+    with running_server(s) as client:
+        bare = httpx.Client(base_url=str(client.base_url))
+        data = images(1, seed=91)[0]
+        assert bare.post("/v1/inspect", files={"file": ("a.png", data)}).status_code == 401
+        assert bare.get("/v1/inspections").status_code == 401
+        wrong = bare.get("/v1/inspections", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert bare.get("/healthz").status_code == 200 and bare.get("/metrics").status_code == 200
+        with_cookie = httpx.Client(base_url=str(client.base_url), cookies={"rd2t_token": "s3cret"})
+        assert with_cookie.get("/v1/inspections").status_code == 200
+        assert client.post("/v1/inspect", files={"file": ("a.png", data)}).status_code == 200
+    os.environ["RD2T_TOKEN"] = "from-env"
+    try:
+        assert StationSettings(trained_cli_model).token == "from-env"
+    finally:
+        del os.environ["RD2T_TOKEN"]
+
+
+def test_onnx_model_scores_through_the_same_predictor(trained_cli_model, tmp_path):
+    from rd2t.inference.export import export_onnx
+    from rd2t.service.settings import StationSettings
+
+    onnx_path = export_onnx(trained_cli_model, tmp_path / "model.onnx")
+    data = images(1, seed=95, defect=True)[0]
+    (tmp_path / "x.png").write_bytes(data)
+    expected = Predictor.open(onnx_path).predict_one(tmp_path / "x.png").score
+    torch_score = Predictor.open(trained_cli_model).predict_one(tmp_path / "x.png").score
+    with running_server(StationSettings(onnx_path, images=tmp_path / "st", threads=1)) as client:
+        rec = inspect(client, data).json()
+        assert client.get("/v1/model").json()["backend"] == "onnx"
+    assert rec["score"] == pytest.approx(expected, rel=1e-5) and rec["model"]["name"] == "model.onnx"
+    assert rec["score"] == pytest.approx(torch_score, rel=1e-3)
