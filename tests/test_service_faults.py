@@ -1,0 +1,277 @@
+"""The station under faults: kill -9 mid-load, the MQTT broker going away, a full queue, two watchers.
+
+Real processes (`rd2t serve`, `rd2t watch`, `mosquitto`) on loopback, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the station needs the [station] extra")
+httpx = pytest.importorskip("httpx")
+
+from tests.conftest import texture  # noqa: E402
+from tests.test_service import (  # noqa: E402
+    Subscriber,
+    free_port,
+    images,
+    need,
+    png_bytes,
+    port_open,
+    running_server,
+)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def rd2t(*args: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rd2t", *args], env=ENV, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+@contextmanager
+def serve_process(model: Path, images_dir: Path, log: Path, *extra: str):
+    """`rd2t serve` in a subprocess, ready when /readyz answers 200; yields (process, client)."""
+    port = free_port()
+    proc = rd2t(
+        "serve",
+        str(model),
+        "--port",
+        str(port),
+        "--images",
+        str(images_dir),
+        "--threads",
+        "1",
+        *extra,
+        log=log,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.time() + 90
+    try:
+        while True:
+            assert proc.poll() is None, f"rd2t serve exited: {log.read_text()[-2000:]}"
+            assert time.time() < deadline, "rd2t serve did not become ready"
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield proc, client
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(trained_cli_model, tmp_path):
+    from rd2t.service.settings import StationSettings
+
+    images_dir, log = tmp_path / "station", tmp_path / "serve.log"
+    bodies = [png_bytes(texture(np.random.default_rng(i), 200)) for i in range(8)]
+    acknowledged: dict[int, str] = {}  # id -> sha256 of what was sent
+    stop = threading.Event()
+
+    with serve_process(trained_cli_model, images_dir, log, "--workers", "2") as (proc, client):
+
+        def load(k: int):
+            with httpx.Client(base_url=str(client.base_url), timeout=30) as c:
+                for i in range(40):  # bounded: at most 4 x 40 requests
+                    if stop.is_set():
+                        return
+                    data = bodies[(k + i) % len(bodies)]
+                    try:
+                        r = c.post("/v1/inspect", content=data, headers={"Content-Type": "image/png"})
+                    except httpx.TransportError:
+                        return  # the server is gone
+                    if r.status_code == 200:
+                        acknowledged[r.json()["id"]] = hashlib.sha256(data).hexdigest()
+
+        threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while len(acknowledged) < 12 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
+        proc.wait(10)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert len(acknowledged) >= 12
+
+    db_file = images_dir / "rd2t.sqlite"
+    with sqlite3.connect(db_file) as conn:  # the database opens and is whole
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # The restart: the same code `rd2t serve` starts with, in this process (a subprocess costs seconds).
+    settings = StationSettings(trained_cli_model, images=images_dir, threads=1)
+    with running_server(settings) as client:
+        for i, sha in acknowledged.items():
+            rec = client.get(f"/v1/inspections/{i}")
+            assert rec.status_code == 200, f"acknowledged inspection {i} lost"
+            assert rec.json()["image_sha256"] == sha
+        rows = client.get("/v1/inspections", params={"limit": 500}).json()
+        assert rows["total"] >= len(acknowledged)
+        for rec in rows["items"]:  # no row points at a missing file
+            for link in ("image", "overlay", "thumb"):
+                assert client.get(rec["links"][link]).status_code == 200, (rec["id"], link)
+        r = client.post("/v1/inspect", content=bodies[0], headers={"Content-Type": "image/png"})
+        assert r.status_code == 200
+
+
+def test_full_queue_gives_503_with_retry_after(trained_cli_model, tmp_path):
+    from rd2t.service.settings import StationSettings
+
+    s = StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, workers=1, queue=1)
+    body = png_bytes(texture(np.random.default_rng(3), 900))
+    with running_server(s) as client:
+        start = threading.Barrier(12)
+        answers: list[httpx.Response] = []
+
+        def one():
+            with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+                start.wait()
+                answers.append(c.post("/v1/inspect", content=body, headers={"Content-Type": "image/png"}))
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) == {200, 503} and len(codes) == 12, codes
+        refused = [r for r in answers if r.status_code == 503]
+        assert all(r.headers["Retry-After"] == "1" and "queue" in r.json()["detail"] for r in refused)
+        ok_ids = {r.json()["id"] for r in answers if r.status_code == 200}
+        assert client.get("/v1/inspections").json()["total"] == len(ok_ids)  # refused ones left no row
+        assert (
+            client.post("/v1/inspect", content=body, headers={"Content-Type": "image/png"}).status_code == 200
+        )
+        assert "rd2t_queue_depth 0.0" in client.get("/metrics").text
+
+
+def test_broker_down_and_back(trained_cli_model, tmp_path):
+    from rd2t.service.settings import StationSettings
+
+    need(shutil.which("mosquitto") is not None, "the mosquitto program")
+    port = free_port()
+
+    def broker():
+        p = subprocess.Popen(
+            ["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 10
+        while not port_open("127.0.0.1", port):
+            assert time.time() < deadline and p.poll() is None, "mosquitto did not start"
+            time.sleep(0.05)
+        return p
+
+    mosquitto = broker()
+    s = StationSettings(
+        trained_cli_model, images=tmp_path / "st", threads=1, mqtt=f"mqtt://127.0.0.1:{port}/line/verdicts"
+    )
+    try:
+        with running_server(s) as client:
+            publisher = client.app.state.station.publisher
+            sub = Subscriber(port, "line/verdicts")
+            try:
+                data = images(3, seed=7)
+                deadline = time.time() + 10
+                while not publisher.connected and time.time() < deadline:
+                    time.sleep(0.05)
+                first = client.post("/v1/inspect", files={"file": ("a.png", data[0])}).json()
+                sub.wait_for(first["id"])
+
+                mosquitto.terminate()
+                mosquitto.wait(10)
+                t0 = time.perf_counter()
+                while_down = client.post("/v1/inspect", files={"file": ("b.png", data[1])})
+                assert while_down.status_code == 200  # inspection does not wait for the broker
+                assert time.perf_counter() - t0 < 5
+
+                mosquitto = broker()
+                sub.subscribed.clear()
+                assert sub.subscribed.wait(15), "subscriber did not come back"
+                deadline = time.time() + 40  # paho's back-off: 1, 2, 4 ... s
+                while not publisher.connected and time.time() < deadline:
+                    time.sleep(0.1)
+                assert publisher.connected, "the station did not reconnect to the broker"
+                after = client.post("/v1/inspect", files={"file": ("c.png", data[2])}).json()
+                assert sub.wait_for(after["id"])["decision"] == after["decision"]
+            finally:
+                sub.close()
+    finally:
+        mosquitto.terminate()
+        mosquitto.wait(10)
+
+
+def count_rows(db_file: Path) -> tuple[int, int]:
+    if not db_file.exists():
+        return 0, 0
+    try:
+        with sqlite3.connect(db_file, timeout=10) as conn:
+            return conn.execute("SELECT count(*), count(DISTINCT source) FROM inspections").fetchone()
+    except sqlite3.OperationalError:  # the schema is not made yet
+        return 0, 0
+
+
+def wait_rows(db_file: Path, n: int, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while count_rows(db_file)[0] < n:
+        assert time.time() < deadline, f"{count_rows(db_file)[0]} of {n} files inspected"
+        time.sleep(0.2)
+
+
+def test_two_watchers_do_not_double_count_and_a_restart_skips_done_files(trained_cli_model, tmp_path):
+    folder, images_dir, done = tmp_path / "camera", tmp_path / "station", tmp_path / "done"
+    folder.mkdir()
+    for i, data in enumerate(images(6, seed=100)):
+        (folder / f"{i:03d}.png").write_bytes(data)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    db_file = images_dir / "rd2t.sqlite"
+    args = ["watch", str(folder), str(trained_cli_model), "--images", str(images_dir), "--interval", "0.2"]
+    watchers = [rd2t(*args, "--threads", "1", log=tmp_path / f"watch{k}.log") for k in range(2)]
+    try:
+        wait_rows(db_file, 6)
+        time.sleep(1.5)  # both keep scanning: nothing is counted twice
+        assert count_rows(db_file) == (6, 6)
+    finally:
+        for w in watchers:
+            w.terminate()
+            w.wait(30)
+    assert (
+        "broken.png: cannot read image"
+        in (tmp_path / "watch0.log").read_text() + (tmp_path / "watch1.log").read_text()
+    )
+
+    # A restart (the watcher's code in this process): done files are moved, not inspected again.
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+    from rd2t.service.watch import Watcher
+
+    (folder / "006.png").write_bytes(images(1, seed=200)[0])  # arrives while no watcher runs
+    station = Station(StationSettings(trained_cli_model, images=images_dir, threads=1))
+    try:
+        watcher = Watcher(station, folder, done)
+        assert watcher.scan() == 0  # first sight: a file is taken once its size and time hold still
+        assert watcher.scan() == 1
+        assert sorted(p.name for p in done.glob("*.png")) == [f"{i:03d}.png" for i in range(7)]
+        assert (done / "unreadable" / "broken.png").exists() and not list(folder.iterdir())
+        assert count_rows(db_file) == (7, 7)
+    finally:
+        station.close()
