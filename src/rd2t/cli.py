@@ -108,6 +108,9 @@ def train(
     sigma: Annotated[float | None, typer.Option(help="Gaussian blur of the map (pixels).")] = None,
     widths: Annotated[str | None, typer.Option(help="Bottleneck/student widths, e.g. 64,128,256.")] = None,
     cache: Annotated[str | None, typer.Option(help="Teacher-feature cache: memory|disk|none")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile size (px, multiple of 32) for large images.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Tile step in px (default 3/4 of the tile).")] = None,
+    scale: Annotated[float | None, typer.Option(help="Resize factor before tiling, 0 < s <= 1.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
     sets: Sets = None,
@@ -139,6 +142,9 @@ def train(
         sigma=sigma,
         widths=widths,
         cache=cache,
+        tile=tile,
+        stride=stride,
+        scale=scale,
         seed=seed,
         device=device,
     )
@@ -291,7 +297,7 @@ def export(
 
 @app.command()
 def download(
-    name: Annotated[str, typer.Argument(help="mvtec|btad|visa")],
+    name: Annotated[str, typer.Argument(help="mvtec|mvtec_ad2|btad|visa")],
     root: Annotated[Path, typer.Option(help="Where to put the dataset.")] = Path("datasets"),
 ) -> None:
     """Fetch a public dataset from its official address (resumable, checksummed)."""

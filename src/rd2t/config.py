@@ -45,12 +45,18 @@ class Config:
     loss: str = _f("flat", MODEL, "flat (RD4AD code) | pixel")
     image_size: int = _f(256, MODEL, "input size, a multiple of 32")
     sigma: float = _f(4.0, MODEL, "Gaussian blur of the map, pixels at image_size")
+    # Tiling for high-resolution parts (docs/high-resolution.md): the image is resized by `scale`, then
+    # covered by tile x tile crops every `stride` pixels; the model's input is one tile (image_size == tile).
+    tile: int = _f(0, MODEL, "tile size in pixels, a multiple of 32; 0 = no tiling (resize to image_size)")
+    stride: int = _f(0, MODEL, "tile step in pixels, 0 < stride <= tile (0 = tile * 3/4)")
+    scale: float = _f(1.0, MODEL, "resize factor applied before tiling, 0 < scale <= 1")
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
     lr: float = _f(0.005, TRAINING, "Adam learning rate")
     betas: tuple[float, float] = _f((0.5, 0.999), TRAINING, "Adam betas")
     seed: int = _f(0, TRAINING)
+    tile_fraction: float = _f(1.0, TRAINING, "tiled models: share of the tiles seen each epoch, 0 < f <= 1")
     val_fraction: float = _f(0.1, TRAINING, "good images held out for the threshold, 0 <= f < 1")
     threshold_rule: str = _f("mean+3std", TRAINING, RULES_HELP)
     preset: str = _f("custom", TRAINING, "the preset this config started from (a label)")
@@ -67,6 +73,8 @@ class Config:
         self.out_indices = tuple(int(i) for i in self.out_indices)
         self.betas = tuple(float(b) for b in self.betas)
         self.student_blocks = tuple(int(b) for b in self.student_blocks)
+        if self.tile and not self.stride:
+            self.stride = self.tile * 3 // 4  # a quarter overlap: the stitching window has room to blend
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
         self.validate()
@@ -96,6 +104,14 @@ class Config:
                 bad(name, "one of " + ", ".join(allowed))
         if not isinstance(self.image_size, int) or self.image_size < 32 or self.image_size % 32:
             bad("image_size", "a multiple of 32, at least 32")
+        if not isinstance(self.tile, int) or self.tile < 0 or self.tile % 32:
+            bad("tile", "0 (off) or a multiple of 32")
+        if self.tile and self.tile != self.image_size:
+            bad("tile", f"the model's input size image_size={self.image_size} (set both, or only --tile)")
+        if self.tile and not (isinstance(self.stride, int) and 0 < self.stride <= self.tile):
+            bad("stride", f"a whole number with 0 < stride <= tile={self.tile}")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1):
+            bad("scale", "a number with 0 < scale <= 1")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -106,6 +122,8 @@ class Config:
             bad("lr", "a number > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             bad("betas", "two numbers in [0, 1)")
+        if not (isinstance(self.tile_fraction, (int, float)) and 0 < self.tile_fraction <= 1):
+            bad("tile_fraction", "a number with 0 < f <= 1")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             bad("val_fraction", "a number with 0 <= f < 1")
         parse_rule(self.threshold_rule)
@@ -265,6 +283,8 @@ def resolve(
             raise ConfigError(f"--set {a!r}: expected field=value")
         key, value = a.split("=", 1)
         changes[key.strip()] = parse_value(key.strip(), value)
+    if changes.get("tile") and "image_size" not in changes:
+        changes["image_size"] = changes["tile"]  # the model's input is one tile
     if "teachers" in changes and "teacher_weights" not in changes:
         changes["teacher_weights"] = (None,) * len(tuple(changes["teachers"]))
         changes.setdefault("preset", "custom")

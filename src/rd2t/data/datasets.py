@@ -13,7 +13,7 @@ import csv
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -34,6 +34,7 @@ DATASETS: dict[str, list[str]] = {
         "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
     ],
     "mpdd": ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"],
+    "mvtec_ad2": ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"],
     "mvtec3d": [
         "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
     ],
@@ -54,6 +55,7 @@ class Split:
     test: list[Sample]
     name: str  # e.g. "mvtec/bottle"
     has_masks: bool  # True when every defective test image has a mask
+    validation: list[Sample] = field(default_factory=list)  # good images a dataset holds out (MVTec AD 2)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -323,6 +325,32 @@ def visa(root: PathLike, category: str) -> Split:
     return _finish(train, test, f"visa/{category}", lambda s: f"its mask column in {csv_path} is empty")
 
 
+def mvtec_ad2(root: PathLike, category: str) -> Split:
+    """MVTec AD 2: root/category/{train/good, validation/good, test_public/{good, bad},
+    test_public/ground_truth/bad/<stem>_mask.png}.
+
+    validation/good goes to ``Split.validation`` (the dataset's own held-out good images, for thresholds);
+    test_public is the test set. test_private and test_private_mixed have no public ground truth (scored on
+    MVTec's server) and are not read. The images are large (up to 3 MP): see docs/high-resolution.md.
+    """
+    layout = "MVTec AD 2 layout"
+    base = _category_dir(root, category, layout)
+    train = _train_samples(base / "train" / "good", base, "train/good", layout)
+    val_dir = base / "validation" / "good"
+    validation = _good_samples(list_images(val_dir)) if val_dir.is_dir() else []
+    test_dir, gt_dir = base / "test_public", base / "test_public" / "ground_truth" / "bad"
+    if not (test_dir / "good").is_dir() and not (test_dir / "bad").is_dir():
+        raise InputError(f"{base}: expected test_public/good and test_public/bad ({layout})")
+    test = _good_samples(list_images(test_dir / "good")) if (test_dir / "good").is_dir() else []
+    if (test_dir / "bad").is_dir():
+        test += _defect_samples(test_dir / "bad", "bad", [gt_dir])
+    if not test:
+        raise InputError(f"{test_dir}: no test images ({layout})")
+    split = _finish(train, test, f"mvtec_ad2/{category}", _looked_for(gt_dir))
+    split.validation = validation
+    return split
+
+
 def mvtec3d(root: PathLike, category: str) -> Split:
     """MVTec 3D-AD, RGB only: train/good/rgb, test/<defect>/rgb, masks in test/<defect>/gt with the same
     file name. The xyz/ point clouds and the validation/ folder are not used."""
@@ -477,6 +505,7 @@ _READERS: dict[str, Callable[[PathLike, str], Split]] = {
     "visa": visa,
     "mpdd": mpdd,
     "mvtec3d": mvtec3d,
+    "mvtec_ad2": mvtec_ad2,
 }
 
 

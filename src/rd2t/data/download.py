@@ -58,6 +58,16 @@ SOURCES: dict[str, Source] = {
         marker="bottle",
         licence="CC BY-NC-SA 4.0 (non-commercial), MVTec Software GmbH",
     ),
+    # MVTec AD 2 (2025), all eight categories (about 32 GB). The link is the one MVTec's download page
+    # gives after its licence form; MVTec publishes no checksum, so the archive is used unchecked.
+    "mvtec_ad2": Source(
+        url="https://www.mydrive.ch/shares/150997/701c90d3aea6588f404936e32a674602/"
+        "download/466712769-1743429042/mvtec_ad_2.tar.gz",
+        filename="mvtec_ad_2.tar.gz",
+        sha256=None,
+        marker="can",
+        licence="CC BY-NC-SA 4.0 (non-commercial), MVTec Software GmbH",
+    ),
     # The zip unpacks to BTech_Dataset_transformed/{01,02,03}.
     "btad": Source(
         url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
@@ -82,7 +92,8 @@ def download(
 ) -> Path:
     """Fetch, verify and unpack a benchmark under ``root``; return the folder to pass as ``--root``.
 
-    ``dataset`` is "mvtec" (MVTec AD, the full mvtec_anomaly_detection.tar.xz), "btad" (btad.zip) or
+    ``dataset`` is "mvtec" (MVTec AD, the full mvtec_anomaly_detection.tar.xz), "mvtec_ad2" (MVTec AD 2,
+    mvtec_ad_2.tar.gz, about 32 GB), "btad" (btad.zip) or
     "visa" (VisA_20220922.tar; it includes split_csv/1cls.csv, the official one-class split that
     ``rd2t.data.visa`` reads). The archive is saved as ``root/<file name>`` and unpacked into
     ``root/<dataset>/``; an archive downloaded by this call is deleted once unpacked (one already lying

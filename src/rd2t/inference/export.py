@@ -45,6 +45,11 @@ OUTPUT_DESCRIPTION = (
     "teachers and scales of 1 - cosine(student, teacher), upsampled to the input"
 )
 DECISION_RULE = "anomalous when score > threshold"
+TILING_DESCRIPTION = (
+    "resize the image by {c.scale}, cover it with {c.tile}x{c.tile} tiles every {c.stride} px (last row and "
+    "column flush with the border), score each tile, blend the tile maps with a raised-cosine edge window "
+    "(rd2t.inference.tiling); image score = max of the stitched map"
+)
 # Parity an export must reach against torch on the probe images, relative to the map's magnitude (>= 1):
 # a broken graph (wrong padding, normalisation, batch specialisation) is off by orders of magnitude more.
 EXPORT_TOLERANCE = 1e-3
@@ -63,6 +68,8 @@ def _metadata(
         "rd2t_version": __version__,
         **info.to_metadata(),
         "decision_rule": DECISION_RULE,
+        # Tiled models: the graph scores one tile; the image must be cut and stitched as rd2t does.
+        "tiling": TILING_DESCRIPTION.format(c=info.config) if info.config.tile else "none",
         "input": INPUT_DESCRIPTION.format(s=s),
         "outputs": OUTPUT_DESCRIPTION.format(s=s),
         "batch": "dynamic" if dynamic_batch else "1",

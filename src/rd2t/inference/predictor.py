@@ -30,6 +30,7 @@ from rd2t.data.images import list_images
 from rd2t.data.transforms import decode, resize_map, to_uint8_tensor
 from rd2t.errors import ConfigError, InputError, RD2TError
 from rd2t.inference.backends import TorchBackend, open_backend
+from rd2t.inference.tiling import Stitcher, Tiler
 from rd2t.model.checkpoint import ModelInfo
 
 
@@ -41,7 +42,7 @@ class ScoreError(RD2TError):
 class Prediction:
     score: float
     is_defective: bool | None  # None when the model has no threshold
-    model_map: np.ndarray  # float32 (S, S) at the model's input size
+    model_map: np.ndarray  # float32 (S, S) at the model's input size; tiled: the stitched map (H', W')
     size: tuple[int, int]  # the image's own (W, H)
     path: Path | None = None
     image: Image.Image | None = None  # the decoded RGB image, when asked to keep it
@@ -149,6 +150,10 @@ class Predictor:
         if batch_size < 1:
             raise ConfigError(f"batch_size {batch_size}: expected a whole number >= 1")
         threshold = self._threshold if threshold is None else check_threshold(threshold)
+        tiler = Tiler.of(self.config)
+        if tiler is not None:
+            yield from self._predict_tiled(items, tiler, batch_size, threshold, keep_images)
+            return
         pending: list = []  # errors and decoded images in input order, until a batch is full
 
         def flush() -> Iterator[Prediction | RD2TError]:
@@ -194,6 +199,42 @@ class Predictor:
                 yield from flush()
         yield from flush()
 
+    def score_tiled(self, image_uint8: torch.Tensor, tiler: Tiler, batch_size: int = 16) -> np.ndarray:
+        """The stitched map of one (3, H', W') uint8 image, its tiles scored `batch_size` at a time."""
+        stitcher = Stitcher(*image_uint8.shape[-2:], tiler)
+        for positions, tiles in tiler.tiles(image_uint8, batch_size):
+            stitcher.add(positions, self.score_tensors(tiles)[1])
+        return stitcher.result()
+
+    def _predict_tiled(self, items, tiler: Tiler, batch_size: int, threshold, keep_images: bool):
+        """One image at a time (a large image is the batch): decoded inline, so at most one is in memory."""
+        for item, result in self._decoded(items, 0, 1, prepare=tiler.prepare):
+            if isinstance(result, RD2TError):
+                yield result
+                continue
+            img, tensor, decode_ms = result
+            path = Path(item) if isinstance(item, (str, Path)) else None
+            t0 = time.perf_counter()
+            m = self.score_tiled(tensor, tiler, batch_size)
+            del tensor
+            model_ms = (time.perf_counter() - t0) * 1000
+            sc = float(m.max())
+            if not math.isfinite(sc):
+                yield ScoreError(
+                    f"{path or 'image'}: the model gave a non-finite score ({sc}); the model file "
+                    "may be corrupt"
+                )
+                continue
+            yield Prediction(
+                sc,
+                None if threshold is None else sc > threshold,
+                m,
+                img.size,
+                path,
+                img if keep_images else None,
+                {"decode": decode_ms, "model": model_ms},
+            )
+
     def predict_one(self, item, *, threshold: float | None = None) -> Prediction:
         """One image's Prediction, or its error raised."""
         (result,) = list(self.predict([item], batch_size=1, threshold=threshold, keep_images=True))
@@ -202,14 +243,15 @@ class Predictor:
         return result
 
     @staticmethod
-    def _decoded(items: Iterable, size: int, threads: int):
+    def _decoded(items: Iterable, size: int, threads: int, prepare=None):
         """(item, (image, tensor, ms) | error) in order; files are decoded a few ahead in threads."""
 
         def work(item):
             t0 = time.perf_counter()
             try:
                 img = decode(item)
-                return img, to_uint8_tensor(img, size), (time.perf_counter() - t0) * 1000
+                tensor = prepare(img) if prepare else to_uint8_tensor(img, size)
+                return img, tensor, (time.perf_counter() - t0) * 1000
             except InputError as e:
                 return e
 

@@ -28,11 +28,13 @@ from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import CheckpointError, ConfigError, InputError, RD2TError
 from rd2t.files import check_writable
 from rd2t.inference.predictor import Predictor
+from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import resolve_device
 from rd2t.model.network import RD2T
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
+from rd2t.training.tiles import load_training_tiles
 
 
 def seed_everything(seed: int) -> None:
@@ -77,14 +79,26 @@ def calibrate_threshold(scores: np.ndarray, rule: str) -> float:
     return threshold_from_scores(scores, rule)
 
 
-def calibrate(model: RD2T, images: torch.Tensor, rule: str, source: str, batch_size: int = 16) -> Calibration:
-    """Score held-out good images through the inference path and derive the threshold and colour scale."""
+def calibrate(
+    model: RD2T, images: torch.Tensor | list[Path], rule: str, source: str, batch_size: int = 16
+) -> Calibration:
+    """Score held-out good images through the inference path and derive the threshold and colour scale.
+
+    `images`: resized uint8 images, or (tiled models) image paths, scored tiled as `rd2t predict` would."""
     predictor = Predictor.from_model(model)
     scores, medians = [], []
-    for start in range(0, len(images), batch_size):
-        sc, maps = predictor.score_tensors(images[start : start + batch_size])
-        scores.append(sc)
-        medians.append(np.median(maps.reshape(len(maps), -1), axis=1))
+    if isinstance(images, list):
+        for p in predictor.predict(images, batch_size=batch_size):
+            if isinstance(p, RD2TError):
+                print(f"skipped: {p}", file=sys.stderr)
+                continue
+            scores.append(np.array([p.score], np.float32))
+            medians.append(np.array([np.median(p.model_map)]))
+    else:
+        for start in range(0, len(images), batch_size):
+            sc, maps = predictor.score_tensors(images[start : start + batch_size])
+            scores.append(sc)
+            medians.append(np.median(maps.reshape(len(maps), -1), axis=1))
     scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
     if not len(scores) or not np.isfinite(scores).all():
         raise RD2TError(
@@ -179,9 +193,15 @@ def train(
             raise CheckpointError(f"{last_path}: holds no optimizer state, cannot resume from it")
         optimizer.load_state_dict(state.optimizer)
 
-    images, train_paths = load_training_images(train_paths, config.image_size, progress, "training")
+    tiler = Tiler.of(config)
+    if tiler is not None:  # training rows are tiles; calibration scores whole images, tiled, from their files
+        images, train_paths = load_training_tiles(train_paths, tiler, progress, "training")
+    else:
+        images, train_paths = load_training_images(train_paths, config.image_size, progress, "training")
     val_images, val_paths = torch.zeros(0, 3, 1, 1, dtype=torch.uint8), list(val_paths)
-    if val_paths:
+    if val_paths and tiler is not None:
+        val_images = list(val_paths)
+    elif val_paths:
         try:
             val_images, val_paths = load_training_images(val_paths, config.image_size, progress, "validation")
         except InputError as e:  # the threshold then comes from training images (said in its source)
@@ -191,9 +211,11 @@ def train(
     n = len(images)
     if n < 2:
         raise InputError(f"{len(train_paths)} training image(s): at least 2 are needed")
-    batch_size = min(config.batch_size, n)  # partial batches are dropped: BN needs > 1 sample
-    local_batch = ddp.local_batch_size(n, batch_size)  # batch_size // world; fails on every rank if it can't
-    steps = n // batch_size
+    # Tiled: a seeded random share of the tiles each epoch (tile_fraction < 1), drawn anew every epoch.
+    n_used = max(2, round(n * config.tile_fraction)) if tiler is not None else n
+    batch_size = min(config.batch_size, n_used)  # partial batches are dropped: BN needs > 1 sample
+    local_batch = ddp.local_batch_size(n_used, batch_size)  # batch_size // world; fails on all ranks if not
+    steps = n_used // batch_size
 
     cache, t_cache = None, time.perf_counter()
     if config.cache != "none":
@@ -247,9 +269,8 @@ def train(
     calibration = None
     if rank == 0:
         source = "validation" if len(val_images) else "training images (no validation images held out)"
-        calibration = calibrate(
-            model, val_images if len(val_images) else images, config.threshold_rule, source, config.batch_size
-        )
+        held_out = val_images if len(val_images) else train_paths if tiler is not None else images
+        calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )
