@@ -151,7 +151,11 @@ def train(
     check_writable(out)
     images = [s.path for s in _split(data, dataset, category).train]
     t0 = time.time()
-    det = Detector(cfg).fit(images, out, resume=resume)
+    try:
+        det = Detector(cfg).fit(images, out, resume=resume)
+    except KeyboardInterrupt:  # SIGINT/SIGTERM: the loop finished its step and wrote last.pt
+        typer.echo(f"interrupted: progress saved to {out / 'last.pt'}; rerun with --resume", err=True)
+        raise typer.Exit(130) from None
     if det.predictor is None:  # a non-zero rank of a distributed run
         return
     atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")

@@ -63,6 +63,8 @@ class Config:
     # ---- runtime ----
     device: str = _f("auto", RUNTIME, "auto | cpu | cuda | cuda:N")
     cache: str = _f("memory", RUNTIME, "teacher-feature cache: memory | disk | none")
+    # last.pt is written at most this often (and at the end, and on SIGINT/SIGTERM); 0 = after every epoch.
+    checkpoint_every_s: float = _f(60.0, RUNTIME, "seconds between resumable checkpoints, >= 0")
 
     def __post_init__(self) -> None:
         self.teachers = tuple(self.teachers)
@@ -129,6 +131,9 @@ class Config:
         parse_rule(self.threshold_rule)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
             bad("device", "auto, cpu, mps, cuda or cuda:N")
+        every = self.checkpoint_every_s
+        if isinstance(every, bool) or not (isinstance(every, (int, float)) and 0 <= every < float("inf")):
+            bad("checkpoint_every_s", "a number of seconds >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,10 +4,16 @@
 any deployed form of the model (`.pt` or `.onnx`) tells about itself; the ONNX metadata is written from
 and read back into the same record (`to_metadata` / `from_metadata`), so `Detector.load("x.onnx")`
 knows the true config and calibration. Files are written atomically and read with weights_only=True.
+
+The resumable `last.pt` of a training run leaves the frozen teachers out: they are written once per run
+to `teachers.pt` beside it (`save_teachers`) and merged back by `Checkpoint.load`, checked by SHA-256.
+`model.pt` always holds every weight, so it loads offline on its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +28,30 @@ from rd2t.files import atomic_write
 
 FORMAT = "rd2t-checkpoint"
 FORMAT_VERSION = 1
+TEACHER_PREFIX = "teachers."  # state_dict keys of the frozen teachers
+
+
+def save_teachers(weights: dict, path: str | Path) -> str:
+    """Write the teachers' tensors of a state_dict once; returns the file's SHA-256 (last.pt records it)."""
+    buffer = io.BytesIO()
+    teachers = {k: v for k, v in weights.items() if k.startswith(TEACHER_PREFIX)}
+    torch.save({"format": "rd2t-teachers", "model": teachers}, buffer)
+    atomic_write(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def _read_teachers(checkpoint: Path, name: str, sha256: str) -> dict:
+    path = checkpoint.parent / name
+    if not path.is_file():
+        raise CheckpointError(
+            f"{checkpoint}: its frozen teacher weights {path} are missing (written once per run)"
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{checkpoint}: {path} is not the teachers file this checkpoint was written with"
+        )
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["model"]
 
 
 @dataclass
@@ -36,14 +66,23 @@ class Checkpoint:
     calibration: Calibration | None = None
     optimizer: dict | None = None
     rd2t_version: str = __version__
+    # Mid-epoch state (written on a signal or a timer): the losses of the steps done in epoch `epoch`.
+    epoch_losses: list[float] = field(default_factory=list)
+    # (file beside this one, SHA-256): the teachers live there, not in `weights` (resumable last.pt only).
+    teachers_file: tuple[str, str] | None = None
 
     def save(self, path: str | Path) -> Path:
+        weights = self.weights
+        if self.teachers_file is not None:
+            weights = {k: v for k, v in weights.items() if not k.startswith(TEACHER_PREFIX)}
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "rd2t_version": __version__,
             "config": self.config.to_dict(),
-            "model": self.weights,
+            "model": weights,
+            "teachers_file": list(self.teachers_file) if self.teachers_file else None,
+            "epoch_losses": list(self.epoch_losses),
             "optimizer": self.optimizer,
             "epoch": self.epoch,
             "history": list(self.history),
@@ -66,9 +105,13 @@ class Checkpoint:
             config = Config.from_dict(payload["config"])
         except (ConfigError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its config is not valid ({e})") from None
+        weights, teachers_file = payload["model"], payload.get("teachers_file")
+        if teachers_file:
+            teachers_file = (str(teachers_file[0]), str(teachers_file[1]))
+            weights = {**_read_teachers(path, *teachers_file), **weights}
         return cls(
             config=config,
-            weights=payload["model"],
+            weights=weights,
             epoch=int(payload.get("epoch") or 0),
             history=list(payload.get("history") or []),
             train_files=list(payload.get("train_files") or []),
@@ -77,6 +120,8 @@ class Checkpoint:
             calibration=Calibration.from_dict(payload.get("threshold")),
             optimizer=payload.get("optimizer"),
             rd2t_version=str(payload.get("rd2t_version", "")),
+            epoch_losses=list(payload.get("epoch_losses") or []),
+            teachers_file=teachers_file or None,
         )
 
     def info(self, source: str | Path = "") -> ModelInfo:

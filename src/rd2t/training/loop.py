@@ -2,8 +2,10 @@
 
 Frozen teachers and no augmentation mean every teacher feature is a fixed function of its image, so
 features are computed once and cached (memory or disk, fp16); each epoch then runs only the trainable
-part. Checkpoints are written atomically after every epoch; `resume=True` continues from the last one
-and gives the same weights as an uninterrupted run (the per-epoch shuffle is seeded by (seed, epoch)).
+part. The resumable `last.pt` is written atomically at most every `checkpoint_every_s` seconds, at the end,
+and on SIGINT/SIGTERM (the current step finishes first); it leaves the frozen teachers out (they go to
+`teachers.pt` once per run). `resume=True` continues from it, mid-epoch if need be, and gives the same weights
+as an uninterrupted run (the per-epoch shuffle is seeded by (seed, epoch)).
 
 Under torchrun the same loop runs on every rank (see rd2t.training.distributed): each rank takes its slice
 of every global batch, teacher features are computed shard by shard and exchanged once, BatchNorm and
@@ -13,7 +15,9 @@ gradients are synchronised, and only rank 0 writes checkpoints, shows progress a
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from rd2t.errors import CheckpointError, ConfigError, InputError, RD2TError
 from rd2t.files import check_writable
 from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
-from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
 from rd2t.model.network import RD2T
 from rd2t.training import distributed as ddp
@@ -128,8 +132,44 @@ class TrainResult:
     cache_seconds: float = 0.0
 
 
+class StopOnSignal:
+    """SIGINT/SIGTERM during the epochs only ask the loop to stop after the current step (a second one stops
+    at once). Handlers are installed while `epochs(...)` is iterated, in the main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def epochs(self, iterable):
+        if threading.current_thread() is not threading.main_thread():
+            yield from iterable
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield from iterable
+        finally:  # also when the loop returns early or raises (the generator is closed)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(self.requested).name}")
+
+
 def _checkpoint(
-    model: RD2T, optimizer, epoch: int, history, files, complete: bool, calibration: Calibration | None = None
+    model: RD2T,
+    optimizer,
+    epoch: int,
+    history,
+    files,
+    complete: bool,
+    calibration: Calibration | None = None,
+    epoch_losses: list[float] | None = None,
+    teachers: tuple[str, str] | None = None,
 ) -> Checkpoint:
     return Checkpoint(
         model.config,
@@ -141,6 +181,8 @@ def _checkpoint(
         complete,
         calibration,
         optimizer.state_dict() if optimizer is not None else None,
+        epoch_losses=list(epoch_losses or []),
+        teachers_file=teachers,
     )
 
 
@@ -176,7 +218,12 @@ def train(
                 f"{last_path}: --resume with settings that differ from the checkpoint "
                 f"({'; '.join(conflicts)}); use another --out to train anew"
             )
-        config = state.config.replace(device=config.device, epochs=config.epochs, cache=config.cache)
+        config = state.config.replace(
+            device=config.device,
+            epochs=config.epochs,
+            cache=config.cache,
+            checkpoint_every_s=config.checkpoint_every_s,
+        )
         start_epoch, history = state.epoch, list(state.history)
         train_paths, val_paths = [Path(p) for p in state.train_files], [Path(p) for p in state.val_files]
     else:
@@ -224,6 +271,25 @@ def train(
         )
     cache_seconds, epoch_seconds = time.perf_counter() - t_cache, []
 
+    # Frozen teachers: written once per run, referred to by every last.pt (kept from the resumed run).
+    teachers = state.teachers_file if state is not None else None
+    if rank == 0 and teachers is None:
+        teachers = ("teachers.pt", save_teachers(model.state_dict(), out_dir / "teachers.pt"))
+    resumed_losses = list(state.epoch_losses) if state is not None else []  # a mid-epoch checkpoint's steps
+    saved_at, stop = time.perf_counter(), StopOnSignal()
+
+    def write_last(done_epochs: int, epoch_losses: list[float]) -> None:
+        nonlocal saved_at
+        if rank == 0:
+            ckpt = _checkpoint(
+                model, optimizer, done_epochs, history, files, False, None, epoch_losses, teachers
+            )
+            ckpt.save(last_path)
+        saved_at = time.perf_counter()
+
+    def due() -> bool:
+        return time.perf_counter() - saved_at >= config.checkpoint_every_s
+
     reconstruct = ddp.data_parallel(model, device) if world > 1 else model.reconstruct
     epochs_run = 0
     bar = tqdm(
@@ -233,7 +299,7 @@ def train(
         initial=start_epoch,
         total=config.epochs,
     )
-    for epoch in bar:
+    for epoch in stop.epochs(bar):
         t_epoch = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
@@ -241,8 +307,8 @@ def train(
         # with one process). Its k-th batch of local_batch and the other ranks' k-th batches together are
         # order[k * batch_size : (k + 1) * batch_size], the k-th batch of a single-process run.
         mine = order[: steps * batch_size][rank::world]
-        losses = []
-        for start in range(0, steps * local_batch, local_batch):
+        losses, resumed_losses = resumed_losses, []
+        for start in range(len(losses) * local_batch, steps * local_batch, local_batch):
             idx = mine[start : start + local_batch]
             if cache is not None:
                 features = cache.get(idx)
@@ -253,13 +319,18 @@ def train(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if len(losses) < steps and (stop.requested or (config.checkpoint_every_s > 0 and due())):
+                write_last(epoch, losses)  # mid-epoch: resume skips the steps done
+                stop.check()
         history.append(ddp.mean_over_ranks(float(np.mean(losses)), device))
         epoch_seconds.append(time.perf_counter() - t_epoch)
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if rank == 0:
-            _checkpoint(model, optimizer, epoch + 1, history, files, complete=False).save(last_path)
         epochs_run += 1
-        if stop_after is not None and epochs_run >= stop_after and epoch + 1 < config.epochs:
+        stopping = stop_after is not None and epochs_run >= stop_after and epoch + 1 < config.epochs
+        if stop.requested or (epoch + 1 < config.epochs and (stopping or due())):
+            write_last(epoch + 1, [])
+            stop.check()
+        if stopping:
             return TrainResult(
                 model, last_path, history, epoch_seconds=epoch_seconds, cache_seconds=cache_seconds
             )
@@ -275,7 +346,7 @@ def train(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )
         final.save(final_path)
-        final.optimizer = optimizer.state_dict()
+        final.optimizer, final.teachers_file = optimizer.state_dict(), teachers
         final.save(last_path)
     ddp.barrier()
     return TrainResult(model, final_path, history, calibration, epoch_seconds, cache_seconds)

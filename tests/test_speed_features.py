@@ -1,0 +1,109 @@
+"""Deployment speed features: cheap resumable checkpoints (teachers once, throttled, written on SIGTERM)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rd2t.config import preset
+from rd2t.data import list_images
+from rd2t.errors import CheckpointError
+from rd2t.model import checkpoint
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.training.loop import train
+
+EPOCHS = 4
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--image-size", "64", "--batch-size", "4", "--val-fraction", "0.2"]
+TRAIN_ARGS += [
+    "--preset",
+    "rd4ad-offline",
+    "--device",
+    "cpu",
+    "--set",
+    "checkpoint_every_s=3600",
+]  # no timed write: only the signal's
+
+
+def _rd2t_train(data, out, *extra) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: bit-identical across processes
+    cmd = [sys.executable, "-m", "rd2t", "train", str(data), "--out", str(out), *TRAIN_ARGS, *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_full(texture_set, tmp_path_factory):
+    """The same run twice: once uninterrupted, once stopped by SIGTERM in its first epochs then resumed."""
+    root = tmp_path_factory.mktemp("sigterm")
+    data = root / "good"  # 10 images: 8 train (2 steps of 4), 2 for the threshold
+    data.mkdir()
+    for p in list_images(texture_set / "train/good")[:10]:
+        shutil.copy(p, data)
+    full = _rd2t_train(data, root / "full")
+    part = _rd2t_train(data, root / "part")
+    deadline = time.monotonic() + 120
+    while not (root / "part/teachers.pt").exists():  # written just before the first epoch
+        assert part.poll() is None, part.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    part.send_signal(signal.SIGTERM)
+    _, err = part.communicate(timeout=120)
+    stopped = Checkpoint.load(root / "part/last.pt")
+    resumed = _rd2t_train(data, root / "part", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-2000:]
+    assert full.wait(timeout=300) == 0, full.communicate()[1][-2000:]
+    return root, part.returncode, err, stopped
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_gives_the_uninterrupted_weights(interrupted_and_full):
+    root, returncode, err, stopped = interrupted_and_full
+    assert returncode == 130, err[-2000:]
+    assert "--resume" in err
+    assert not stopped.complete and stopped.epoch < EPOCHS, "the signal came after the run had finished"
+    a, b = Checkpoint.load(root / "full/model.pt"), Checkpoint.load(root / "part/model.pt")
+    assert a.history == b.history
+    assert a.weights.keys() == b.weights.keys()
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights), "resumed weights differ"
+    assert a.calibration.threshold == b.calibration.threshold
+
+
+def test_last_pt_leaves_the_teachers_out_and_model_pt_keeps_them(interrupted_and_full, tmp_path):
+    root = interrupted_and_full[0] / "full"
+    raw = torch.load(root / "last.pt", map_location="cpu", weights_only=True)
+    assert raw["model"] and not any(k.startswith("teachers.") for k in raw["model"])
+    assert raw["optimizer"] is not None, "last.pt still resumes (Adam state)"
+    model = Checkpoint.load(root / "model.pt")
+    assert model.teachers_file is None and any(k.startswith("teachers.") for k in model.weights)
+    last = Checkpoint.load(root / "last.pt")  # teachers.pt merged back in
+    assert all(torch.equal(last.weights[k], model.weights[k]) for k in model.weights)
+    # Smaller than the former every-epoch file (every weight and the Adam state) by the teachers' size.
+    # (Not smaller than model.pt: Adam keeps two tensors per trainable weight; exact resume needs them.)
+    last.teachers_file = None
+    former = last.save(tmp_path / "former.pt").stat().st_size
+    teachers = (root / "teachers.pt").stat().st_size
+    assert (root / "last.pt").stat().st_size < former - 0.9 * teachers
+    (root / "teachers.pt").write_bytes(b"not the teachers")
+    with pytest.raises(CheckpointError, match="teachers.pt is not the teachers file"):
+        Checkpoint.load(root / "last.pt")
+    (root / "teachers.pt").unlink()
+    with pytest.raises(CheckpointError, match="teachers.pt are missing"):
+        Checkpoint.load(root / "last.pt")
+    assert Checkpoint.load(root / "model.pt").complete  # model.pt alone is enough to load
+
+
+def test_last_pt_is_written_at_most_every_n_seconds(texture_set, tmp_path, monkeypatch):
+    written = []
+    write = checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda p, d: written.append(p.name) or write(p, d))
+    cfg = preset(
+        "rd4ad-offline", image_size=64, batch_size=4, epochs=3, val_fraction=0.0, device="cpu"
+    ).replace(checkpoint_every_s=3600)
+    train(cfg, list_images(texture_set / "train/good")[:8], tmp_path, progress=False)
+    # Teachers once, no per-epoch last.pt within the hour, then the final model.pt and last.pt.
+    assert written == ["teachers.pt", "model.pt", "last.pt"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the loop's signal handlers are removed"
