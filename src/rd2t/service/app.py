@@ -146,4 +146,12 @@ def serve(settings: StationSettings) -> None:
         settings.db_url.split("@")[-1],
         settings.images,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # An open page keeps an SSE stream: shutdown waits at most 10 s for open connections.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
