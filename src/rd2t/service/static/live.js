@@ -1,0 +1,81 @@
+// Live view: poll the API for inspections newer than the newest shown and put them first.
+"use strict";
+
+const grid = document.getElementById("grid");
+const status = document.getElementById("live-status");
+const POLL_MS = 1500;
+let lastId = Number(grid.dataset.lastId) || 0;
+let polls = 0;
+const limit = Number(grid.dataset.limit) || 60;
+
+function element(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text; // textContent: part ids and notes are never HTML
+  return e;
+}
+
+// The same card as templates/_card.html.
+function card(r) {
+  const a = element("a", `card ${r.decision} new`);
+  a.href = `/inspections/${r.id}`;
+  a.dataset.id = r.id;
+  const img = element("img");
+  Object.assign(img, { src: r.links.thumb, alt: `inspection ${r.id}`, width: 170, height: 170 });
+  const meta = element("div", "meta");
+  const row1 = element("div", "row");
+  row1.append(element("span", `verdict ${r.decision}`, r.decision === "defect" ? "DEFECT" : "PASS"));
+  const score = element("span", "num", fmtScore(r.score));
+  score.title = `score (threshold ${fmtScore(r.threshold)})`;
+  row1.append(score);
+  const row2 = element("div", "row");
+  row2.append(element("span", "part", r.part_id || `#${r.id}`));
+  const time = element("time", "muted small");
+  time.setAttribute("datetime", r.time);
+  time.dataset.format = "time";
+  row2.append(time);
+  const row3 = element("div", "row");
+  row3.append(element("span", `review ${r.review.state}`, REVIEW_LABELS[r.review.state] || r.review.state));
+  meta.append(row1, row2, row3);
+  a.append(img, meta);
+  localTimes(a);
+  return a;
+}
+
+function setStatus(ok) {
+  status.classList.toggle("lost", !ok);
+  status.querySelector(".text").textContent = ok
+    ? `Live · updated ${new Date().toLocaleTimeString()}`
+    : "Connection lost, retrying…";
+}
+
+async function refreshCounts() {
+  for (const span of document.querySelectorAll("[data-count]")) {
+    const query = span.parentElement.dataset.query; // the filter's /v1/inspections query
+    const page = await api(`/v1/inspections?${query}${query ? "&" : ""}limit=1`);
+    span.textContent = page.total;
+  }
+}
+
+async function poll() {
+  try {
+    const query = grid.dataset.query;
+    const page = await api(`/v1/inspections?${query}${query ? "&" : ""}after_id=${lastId}&limit=100`);
+    for (const r of page.items) { // oldest first: each new one goes on top
+      grid.prepend(card(r));
+      lastId = Math.max(lastId, r.id);
+    }
+    if (page.items.length) {
+      document.getElementById("empty").hidden = true;
+      while (grid.children.length > limit) grid.lastElementChild.remove();
+    }
+    // Reviews made elsewhere change the counts too: refresh them now and then.
+    if (page.items.length || ++polls % 10 === 0) await refreshCounts();
+    setStatus(true);
+  } catch (e) {
+    setStatus(false);
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+setTimeout(poll, POLL_MS);

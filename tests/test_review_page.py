@@ -1,0 +1,242 @@
+"""The review page in a real browser: a real `rd2t serve` on a loopback port, Chromium through Playwright.
+
+One server (with a token, SQLite in tmp) and one browser for the module. The walk is a quality
+engineer's: sign in, parts arrive and appear without a reload, open a flagged one, call it a false alarm,
+move the threshold and see the rates change, apply it, and the next inspection uses the new value.
+Screenshots of every page go to the test's tmp folder (or RD2T_SCREENSHOTS) to be looked at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the station needs the [station] extra")
+httpx = pytest.importorskip("httpx")
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
+
+from tests.conftest import paint_defect, texture  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "line-3-secret"
+
+
+def need_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("RD2T_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{CHROMIUM} is missing and RD2T_REQUIRE_SERVICES=1")
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(seed: int, defect: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = texture(rng, 96)
+    if defect:
+        img = paint_defect(img, rng)[0]
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def station(trained_cli_model, tmp_path_factory):
+    """`rd2t serve` with a token, in its own process; yields an API client that carries the token."""
+    need_chromium()
+    folder = tmp_path_factory.mktemp("station")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RD2T_TOKEN", None)
+    command = [sys.executable, "-m", "rd2t", "serve", str(trained_cli_model), "--port", str(port)]
+    command += ["--images", str(folder / "images"), "--threads", "1", "--workers", "1", "--token", TOKEN]
+    log = open(folder / "serve.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None, (folder / "serve.log").read_text()[-2000:]
+            assert time.time() < deadline, "rd2t serve did not become ready in 120 s"
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        client.base = base
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need_chromium()
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("RD2T_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_page(browser, errors: list):
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(20_000)
+    return page
+
+
+def sign_in(page, base: str, token: str, path: str = "/") -> None:
+    page.goto(base + path)
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
+def test_pages_need_the_token(station, browser):
+    errors: list = []
+    page = new_page(browser, errors)
+    base = station.base
+    page.goto(base + "/threshold")
+    assert page.url.startswith(base + "/login"), "a page without the token must go to the login form"
+    sign_in(page, base, "not-the-token", "/threshold")
+    sync_api.expect(page.locator(".notice.error")).to_have_text("Wrong token.")
+    assert not page.context.cookies(), "a wrong token must not set the cookie"
+    assert httpx.get(base + "/v1/threshold").status_code == 401  # the JSON API refuses it too
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/threshold")  # back where the user was going
+    (cookie,) = page.context.cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == ("rd2t_token", True, "Strict")
+    page.goto(base + "/login?next=//evil.example/")  # the target after login stays on this station
+    assert page.locator("input[name=next]").input_value() == "/"
+    page.close()
+    assert not errors
+
+
+def test_review_path(station, browser, screenshots):
+    errors: list = []
+    page = new_page(browser, errors)
+    base = station.base
+    sign_in(page, base, TOKEN)
+    page.wait_for_url(base + "/")
+    sync_api.expect(page.locator("#live-status")).to_contain_text("updated")  # the view polls
+
+    # Parts arrive through the API; the open live view shows them without a reload.
+    sent = [
+        ("G-1", png(1)),
+        ("G-2", png(2)),
+        ("<b>X&1</b>", png(3, defect=True)),
+        ("D-2", png(4, defect=True)),
+    ]
+    records = []
+    for part, data in sent:
+        r = station.post(
+            "/v1/inspect", files={"file": ("part.png", data, "image/png")}, data={"part_id": part}
+        )
+        assert r.status_code == 200, r.text
+        records.append(r.json())
+    cards = page.locator(".card")
+    sync_api.expect(cards).to_have_count(len(sent))
+    # Newest first, and a part id is text, never markup.
+    sync_api.expect(cards.first).to_have_attribute("data-id", str(records[-1]["id"]))
+    sync_api.expect(page.locator(".card .part", has_text="<b>X&1</b>")).to_have_count(1)
+    n_defect = sum(r["decision"] == "defect" for r in records)
+    assert n_defect >= 1, [r["score"] for r in records]  # painted stains on a trained texture model
+    sync_api.expect(page.locator("[data-count=defect]")).to_have_text(str(n_defect))
+    sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent)))
+    page.screenshot(path=str(screenshots / "live.png"), full_page=True, animations="disabled")
+
+    # Open a flagged part; the heat map toggles with H; F marks it a false alarm, with a note.
+    flagged = next(r for r in reversed(records) if r["decision"] == "defect")
+    flagged_image = sent[records.index(flagged)][1]
+    page.click(f".card[data-id='{flagged['id']}']")
+    page.wait_for_url(f"{base}/inspections/{flagged['id']}")
+    sync_api.expect(page.locator(".banner .verdict")).to_have_text("DEFECT")
+    page.keyboard.press("h")
+    assert page.eval_on_selector("#overlay", "e => getComputedStyle(e).opacity") == "0"
+    page.keyboard.press("h")
+    page.fill("#note", "dust on the lens <script>")
+    page.fill("#by", "Ana")
+    page.keyboard.press("Escape")  # leave the text field: the keys are review keys again
+    page.keyboard.press("f")
+    sync_api.expect(page.locator("#review-message")).to_have_text("Saved: false alarm.")
+    saved = station.get(f"/v1/inspections/{flagged['id']}").json()["review"]
+    assert (saved["state"], saved["note"], saved["by"]) == ("false_alarm", "dust on the lens <script>", "Ana")
+    page.screenshot(path=str(screenshots / "inspection.png"), full_page=True, animations="disabled")
+
+    # The threshold page: the reviewed false alarm is in the chart; the slider changes the rates.
+    page.goto(base + "/threshold")
+    val = station.get("/v1/threshold/analysis").json()["validation_good"]
+    n = len(val)
+    assert n >= 1
+    sync_api.expect(page.locator("#rate-revgood")).to_have_text("1 of 1 (100.0 %)")  # above the threshold
+    slider = page.locator("#slider")
+    slider.focus()
+    page.keyboard.press("Home")  # lowest value: every good image would be flagged
+    sync_api.expect(page.locator("#rate-val")).to_have_text(f"{n} of {n} (100.0 %)")
+    page.keyboard.press("End")  # highest: none would
+    sync_api.expect(page.locator("#rate-val")).to_have_text(f"0 of {n} (0 %)")
+    sync_api.expect(page.locator("#rate-miss")).to_have_text("—")
+    sync_api.expect(page.locator("#rate-miss-sub")).to_have_text("no confirmed defects yet")
+
+    # Type a value just above the false alarm's score and apply it, with who and why.
+    new_value = float(f"{flagged['score'] * 1.05:.4g}")
+    page.fill("#value", str(new_value))
+    sync_api.expect(page.locator("#rate-revgood")).to_have_text("0 of 1 (0 %)")
+    page.fill("#apply-by", "Ana")
+    page.fill("#apply-note", "lens dust gives false alarms")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#apply")
+    sync_api.expect(page.locator("#apply-message")).to_contain_text("Applied")
+    sync_api.expect(page.locator("#history tbody tr")).to_have_count(1)
+    sync_api.expect(page.locator("#history tbody tr").first).to_contain_text("lens dust gives false alarms")
+    sync_api.expect(page.locator("#current-threshold")).to_have_text(f"{new_value:.4g}")
+    page.screenshot(path=str(screenshots / "threshold.png"), full_page=True, animations="disabled")
+
+    # The running service uses it for the next inspection: the same part now passes.
+    r = station.post("/v1/inspect", files={"file": ("again.png", flagged_image, "image/png")}).json()
+    assert r["threshold"] == pytest.approx(new_value)
+    assert r["decision"] == "pass"
+    history = station.get("/v1/threshold").json()["history"]
+    assert (history[0]["value"], history[0]["by"]) == (pytest.approx(new_value), "Ana")
+
+    # The model page, and the reviewed-good images as new training images.
+    page.goto(base + "/model")
+    sync_api.expect(page.locator("h1")).to_have_text("Loaded model")
+    with page.expect_download() as download:
+        page.click("#export")
+    with zipfile.ZipFile(download.value.path()) as zf:
+        (name,) = zf.namelist()
+        assert zf.read(name) == flagged_image  # the original bytes of the false alarm
+    page.screenshot(path=str(screenshots / "model.png"), full_page=True, animations="disabled")
+    page.close()
+    assert not errors, errors
