@@ -193,15 +193,14 @@ class Detector:
     def _write_pictures(
         p: Prediction, stem: Path, low: float, high: float, mask_threshold: float | None
     ) -> tuple[str, str | None]:
-        from PIL import Image
+        from rd2t.report.heatmap import mask_image, overlay
 
-        from rd2t.report.heatmap import overlay
-
-        pic = overlay(p.image, p.anomaly_map, low, high)
+        # From the model's map, band by band: a large image's full-size float map is never held.
+        pic = overlay(p.image, p.model_map, low, high)
         over = atomic_write(stem.with_name(stem.name + "_heatmap.png"), lambda f: pic.save(f, format="PNG"))
         mask = None
         if mask_threshold is not None:
-            m = Image.fromarray((p.defect_mask(mask_threshold) * 255).astype("uint8"))
+            m = mask_image(p.model_map, p.size, mask_threshold)
             mask = atomic_write(stem.with_name(stem.name + "_mask.png"), lambda f: m.save(f, format="PNG"))
         return str(over), str(mask) if mask else None
 

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from rd2t.config import PRESETS, Config
-from rd2t.errors import InputError, RD2TError
+from rd2t.errors import InputError, OutputError, RD2TError
 
 app = typer.Typer(
     add_completion=False,
@@ -189,8 +189,13 @@ def predict(
     check_threshold(threshold)
     if output is not None:
         check_writable(output.parent if str(output.parent) else Path("."))
+    if out is not None:
+        check_writable(out)
     det = Detector.load(model, device=device, backend=backend, threads=threads)
-    stream = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
+    try:
+        stream = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
+    except OSError as e:
+        raise OutputError(f"{output}: cannot write ({e.strerror or type(e).__name__})") from None
     writer = csv.writer(stream) if fmt == Format.csv else None
     if writer:
         writer.writerow(["path", "score", "defective", "threshold", "overlay", "mask"])
@@ -214,6 +219,8 @@ def predict(
             f"interrupted after {n_ok} scored images: their results are above, their files complete", err=True
         )
         raise typer.Exit(130) from None
+    except OSError as e:  # writing the results file or stdout (full disk, closed pipe); overlays: OutputError
+        raise OutputError(f"{output or 'stdout'}: cannot write ({e.strerror or type(e).__name__})") from None
     finally:
         if output:
             stream.close()

@@ -7,6 +7,7 @@ CLI can print it as is.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,31 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 # accept that as long as the shapes agree, and refuse when the aspect ratio says they cannot be the same
 # picture.
 ASPECT_TOLERANCE = 0.01
+
+# The largest image rd2t decodes, in pixels (width x height); env RD2T_MAX_PIXELS changes it (0: no
+# limit). It replaces Pillow's own decompression-bomb guard, whose raw two-line warning names no file.
+DEFAULT_MAX_PIXELS = 250_000_000
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_pixels() -> int | None:
+    """The pixel limit in force (None: no limit), read from RD2T_MAX_PIXELS on every call."""
+    text = os.environ.get("RD2T_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise InputError(f"RD2T_MAX_PIXELS={text!r}: expected a number of pixels (0: no limit)") from None
+    return value if value > 0 else None
+
+
+def _pixel_limit_error(path: Path, what: str, limit: int, size: tuple[int, int] | None) -> InputError:
+    dims = f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "over twice as many pixels"
+    return InputError(
+        f"{path}: cannot read {what} ({dims}, above the limit of {limit}; "
+        "raise it with the environment variable RD2T_MAX_PIXELS, 0 for none)"
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -47,8 +73,12 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 
 def _open(path: Path, what: str) -> Image.Image:
     """Open and fully decode ``path`` so truncated files fail here rather than later in a worker."""
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses beyond twice this before we see the size
     try:
         with Image.open(path) as im:
+            if limit is not None and im.size[0] * im.size[1] > limit:  # checked before any pixel is decoded
+                raise _pixel_limit_error(path, what, limit, im.size)
             im.load()
             # copy() detaches the pixels from the file handle, which the context manager closes.
             return im.copy() if im.mode != "P" else _palette_copy(im)
@@ -58,7 +88,9 @@ def _open(path: Path, what: str) -> Image.Image:
         raise InputError(f"{path}: cannot read {what} (it is a folder)") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: cannot read {what} (not an image format Pillow recognises)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise _pixel_limit_error(path, what, limit, None) from None
+    except (OSError, ValueError, SyntaxError) as e:
         # SyntaxError is what some Pillow plugins raise on malformed headers.
         raise InputError(f"{path}: cannot read {what} ({_one_line(e)})") from None
 
@@ -69,24 +101,32 @@ def _palette_copy(im: Image.Image) -> Image.Image:
     return im.convert("RGBA") if "transparency" in im.info else im.copy()
 
 
-def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a high-bit-depth single-channel array to 0..255."""
-    if mode == "F":
-        array = array.astype(np.float64)
-        finite = array[np.isfinite(array)]
-        lo = float(finite.min()) if finite.size else 0.0
-        hi = float(finite.max()) if finite.size else 0.0
-        if lo >= 0.0 and hi <= 1.0:
-            # Float images are conventionally 0..1.
-            scaled = array * 255.0
-        else:
-            # Any other range (depth maps, raw sensor values) has no convention: stretch to 0..255.
-            scaled = (array - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(array)
-        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-    # "I;16*" and "I" (which older Pillow versions use for 16-bit PNG) hold 16-bit samples: map the
-    # full 0..65535 range linearly onto 0..255 instead of truncating to the low byte.
-    wide = np.clip(array.astype(np.int64), 0, 65535)
-    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+def array_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values by their real range, never clipped or stretched per image: uint8 as is; bool as
+    0/255; uint16 (and other integers above 255, up to 65535) as 16-bit samples over 0..65535; integers
+    within 0..255 as 8-bit values; floats within [0, 1] as fractions, within [0, 255] as 8-bit values.
+    NaN/inf, negative values and anything wider are refused with a one-line InputError."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{name}: integer pixel values {lo}..{hi} are outside 0..65535")
+        if (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or hi > 255:  # 16-bit: 0..65535 onto 0..255
+            return ((arr.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        a = arr.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError(f"{name}: image holds NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"{name}: float pixel values {lo:.4g}..{hi:.4g} are outside [0, 1] and [0, 255]")
+        scale = 255.0 if hi <= 1.0 else 1.0  # floats in [0, 1] are fractions; above 1, 8-bit values
+        return np.round(a * scale).astype(np.uint8)
+    raise InputError(f"{name}: unsupported pixel type {arr.dtype}")
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -107,8 +147,7 @@ def to_rgb(im: Image.Image, name: str = "image") -> Image.Image:
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I") or im.mode == "F":
-        gray = _to_uint8(np.asarray(im), im.mode)
-        return Image.fromarray(gray).convert("RGB")
+        return Image.fromarray(array_to_uint8(np.asarray(im), name)).convert("RGB")
     try:
         return im.convert("RGB")
     except (ValueError, OSError) as e:

@@ -11,16 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rd2t.data.images import load_image, to_rgb
+from rd2t.data.images import array_to_uint8, load_image, to_rgb
 from rd2t.errors import InputError
 
 
 def decode(item, name: str | None = None) -> Image.Image:
     """An 8-bit RGB PIL image from a path, a PIL image (any mode) or an HxW / HxWxC numpy array.
 
-    Arrays are converted by their real range, never clipped: uint8 as is; bool as 0/255; uint16 and
-    other integers within 0..65535 as 16-bit; floats within [0, 1] as fractions, within [0, 255] as
-    8-bit values. NaN/inf, negative values and anything wider are refused with a one-line InputError.
+    Arrays (and 16-bit / float PIL images) are converted by their real range, never clipped or
+    stretched: see `rd2t.data.images.array_to_uint8`; what has no such range is refused (InputError).
     """
     if isinstance(item, (str, os.PathLike)):
         return load_image(Path(item))
@@ -32,31 +31,7 @@ def decode(item, name: str | None = None) -> Image.Image:
         arr = arr[..., 0] if arr.shape[2] == 1 else arr[..., :3]
     if arr.ndim not in (2, 3) or min(arr.shape[:2], default=0) < 1:
         raise InputError(f"{name}: expected an HxW or HxWx3 image array, got shape {arr.shape}")
-    return Image.fromarray(_array_to_uint8(arr, name)).convert("RGB")
-
-
-def _array_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 65535:
-            raise InputError(f"{name}: integer pixel values {lo}..{hi} are outside 0..65535")
-        if arr.dtype == np.uint16 or hi > 255:  # 16-bit samples: the full range onto 0..255
-            return ((arr.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
-        return arr.astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating):
-        a = arr.astype(np.float64)
-        if not np.isfinite(a).all():
-            raise InputError(f"{name}: image array holds NaN or infinite values")
-        lo, hi = float(a.min()), float(a.max())
-        if lo < 0 or hi > 255:
-            raise InputError(f"{name}: float pixel values {lo:.4g}..{hi:.4g} are outside [0, 1] and [0, 255]")
-        scale = 255.0 if hi <= 1.0 else 1.0  # floats in [0, 1] are fractions; above 1, 8-bit values
-        return np.round(a * scale).astype(np.uint8)
-    raise InputError(f"{name}: unsupported pixel type {arr.dtype}")
+    return Image.fromarray(array_to_uint8(arr, name)).convert("RGB")
 
 
 def to_pil(image) -> Image.Image:
@@ -75,12 +50,34 @@ def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float().div_(255.0)
 
 
-def resize_map(anomaly_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+def resize_map(anomaly_map: np.ndarray, size_wh: tuple[int, int], rows: slice | None = None) -> np.ndarray:
     """Bilinear resize of a float map to (W, H) = an image's original size: the only map resizer, used
-    by metrics, predictions, overlays and reports alike."""
+    by metrics, predictions, overlays and reports alike.
+
+    `rows` (a slice of the output's rows) computes that band only, equal to the whole's rows to float
+    rounding (< 1e-5): a very large image's overlay and mask are drawn band by band, never holding its
+    full-size float map.
+    """
     w, h = int(size_wh[0]), int(size_wh[1])
     a = np.asarray(anomaly_map, dtype=np.float32)
     if a.shape == (h, w):
-        return a
-    t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return a if rows is None else a[rows]
+    if rows is None:
+        t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    # Source rows of the band (align_corners=False: src = (dst + 0.5) * scale - 0.5, clamped at 0), each
+    # row resized to width w first, then blended vertically: the order torch's bilinear kernel uses.
+    top, bottom, _ = rows.indices(h)
+    if bottom <= top:
+        return np.zeros((0, w), np.float32)
+    scale = np.float32(a.shape[0]) / np.float32(h)
+    src = np.maximum(
+        scale * (np.arange(top, bottom, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0
+    )
+    y0 = src.astype(np.int64)
+    y1 = np.minimum(y0 + 1, a.shape[0] - 1)
+    lam = (src - y0).astype(np.float32)[:, None]
+    first, last = int(y0[0]), int(y1[-1]) + 1
+    band = torch.from_numpy(np.ascontiguousarray(a[first:last]))[None, None]
+    wide = F.interpolate(band, size=(last - first, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return (1 - lam) * wide[y0 - first] + lam * wide[y1 - first]

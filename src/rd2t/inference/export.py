@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rd2t import __version__
-from rd2t.errors import InputError, RD2TError
-from rd2t.files import atomic_write
+from rd2t.errors import InputError, OutputError, RD2TError
+from rd2t.files import atomic_write, check_writable
 from rd2t.inference.onnx_runtime import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -221,7 +221,7 @@ def export_onnx(
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise InputError(f"{out_path}: the output file must end in .onnx")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out_path.parent)
     # Trace at batch 2, check at batch 3 (a graph specialised to its tracing batch fails the check).
     dummy = torch.from_numpy(probe_images(2 if dynamic_batch else 1, size, seed=1))
     probe = probe_images(3 if dynamic_batch else 1, size, seed=2)
@@ -242,6 +242,8 @@ def export_onnx(
                 _fix_io(proto, size, dynamic_batch)
                 onnx.checker.check_model(proto, full_check=True)
                 check = _parity(model, proto, probe) if verify else float("nan")
+            except OSError as e:  # a full disk or a lost folder: no other exporter would do better
+                raise OutputError(f"{out_path}: cannot write ({e.strerror or type(e).__name__})") from None
             except Exception as e:  # noqa: BLE001 - any failure of one exporter means: try the next
                 errors.append(f"{name}: {type(e).__name__}: {first_line(e)}")
                 continue

@@ -15,7 +15,7 @@ from PIL import Image
 from rd2t.data.images import resize_mask
 from rd2t.data.transforms import resize_map
 
-__all__ = ["COLORMAP", "binary_mask", "colorize", "contour", "overlay", "resize_map"]
+__all__ = ["COLORMAP", "binary_mask", "colorize", "contour", "mask_image", "overlay", "resize_map"]
 
 # "jet" is the colour scale used throughout the anomaly-detection literature (MVTec AD, RD4AD), so
 # engineers read it without a legend: blue = normal, red = anomalous.
@@ -62,18 +62,31 @@ def overlay(
     WEIGHT_GAMMA), so where the map is at or below ``low`` the part is shown untouched and only hot
     spots are painted over it: the quality engineer still sees the part's surface everywhere the model
     finds nothing, and weak noise does not tint the whole part blue.
-    Blended in bands of rows: a 100-megapixel part needs its map and its pixels, no float copies of both.
+    Drawn in bands of rows: a 100-megapixel part needs its own pixels and the result's, no full-size float
+    map and no float copy of the image.
     """
-    rgb = np.asarray(image.convert("RGB"))
-    amap = resize_map(anomaly_map, image.size)
-    out = np.empty_like(rgb)
-    for top in range(0, rgb.shape[0], OVERLAY_BAND_ROWS):
-        rows = slice(top, top + OVERLAY_BAND_ROWS)
-        t = _normalise(amap[rows], low, high)
+    w, h = image.size
+    out = Image.new("RGB", (w, h))
+    lut = _lut(COLORMAP)
+    for top in range(0, h, OVERLAY_BAND_ROWS):
+        box = (0, top, w, min(top + OVERLAY_BAND_ROWS, h))
+        rgb = np.asarray(image.crop(box).convert("RGB"), dtype=np.float32)
+        t = _normalise(resize_map(anomaly_map, (w, h), rows=slice(box[1], box[3])), low, high)
         weight = (float(alpha) * t**WEIGHT_GAMMA)[..., None]
-        colour = _lut(COLORMAP)[np.round(t * 255).astype(np.intp)].astype(np.float32)
-        out[rows] = np.round(rgb[rows] * (1.0 - weight) + colour * weight).astype(np.uint8)
-    return Image.fromarray(out)
+        colour = lut[np.round(t * 255).astype(np.intp)]
+        out.paste(Image.fromarray(np.round(rgb * (1.0 - weight) + colour * weight).astype(np.uint8)), box[:2])
+    return out
+
+
+def mask_image(anomaly_map: np.ndarray, size_wh: tuple[int, int], threshold: float) -> Image.Image:
+    """The predicted defect region at the image's size as an 8-bit picture (255 where the map, resized,
+    exceeds ``threshold``), drawn in bands of rows like ``overlay``."""
+    w, h = int(size_wh[0]), int(size_wh[1])
+    out = Image.new("L", (w, h))
+    for top in range(0, h, OVERLAY_BAND_ROWS):
+        band = resize_map(anomaly_map, (w, h), rows=slice(top, top + OVERLAY_BAND_ROWS)) > threshold
+        out.paste(Image.fromarray(band.view(np.uint8) * np.uint8(255)), (0, top))
+    return out
 
 
 def contour(

@@ -339,7 +339,7 @@ def train(
     # Rank 0 only (the weights are the same everywhere); the other ranks wait until model.pt is written.
     calibration = None
     if rank == 0:
-        source = "validation" if len(val_images) else "training images (no validation images held out)"
+        source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
         final = _checkpoint(
