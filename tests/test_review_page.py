@@ -170,13 +170,13 @@ def test_review_path(station, browser, screenshots):
     sync_api.expect(cards.first).to_have_attribute("data-id", str(records[-1]["id"]))
     sync_api.expect(page.locator(".card .part", has_text="<b>X&1</b>")).to_have_count(1)
     n_defect = sum(r["decision"] == "defect" for r in records)
-    assert n_defect >= 1, [r["score"] for r in records]  # painted stains on a trained texture model
+    assert n_defect == 2, [r["score"] for r in records]  # painted stains on a trained texture model
     sync_api.expect(page.locator("[data-count=defect]")).to_have_text(str(n_defect))
     sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent)))
     page.screenshot(path=str(screenshots / "live.png"), full_page=True, animations="disabled")
 
     # Open a flagged part; the heat map toggles with H; F marks it a false alarm, with a note.
-    flagged = next(r for r in reversed(records) if r["decision"] == "defect")
+    flagged = min((r for r in records if r["decision"] == "defect"), key=lambda r: r["score"])
     flagged_image = sent[records.index(flagged)][1]
     page.click(f".card[data-id='{flagged['id']}']")
     page.wait_for_url(f"{base}/inspections/{flagged['id']}")
@@ -193,7 +193,15 @@ def test_review_path(station, browser, screenshots):
     assert (saved["state"], saved["note"], saved["by"]) == ("false_alarm", "dust on the lens <script>", "Ana")
     page.screenshot(path=str(screenshots / "inspection.png"), full_page=True, animations="disabled")
 
-    # The threshold page: the reviewed false alarm is in the chart; the slider changes the rates.
+    assert page.goto(f"{base}/inspections/999999").status == 404  # a page saying so, not a stack trace
+    sync_api.expect(page.locator("h1")).to_have_text("Not found")
+
+    # Another engineer confirms the other flagged part as a real defect (through the API).
+    confirmed = max((r for r in records if r["decision"] == "defect"), key=lambda r: r["score"])
+    review = {"state": "confirmed_defect", "note": "crack", "by": "Ben"}
+    assert station.post(f"/v1/inspections/{confirmed['id']}/review", json=review).status_code == 200
+
+    # The threshold page: both reviews are in the chart; the slider changes the rates.
     page.goto(base + "/threshold")
     val = station.get("/v1/threshold/analysis").json()["validation_good"]
     n = len(val)
@@ -203,15 +211,16 @@ def test_review_path(station, browser, screenshots):
     slider.focus()
     page.keyboard.press("Home")  # lowest value: every good image would be flagged
     sync_api.expect(page.locator("#rate-val")).to_have_text(f"{n} of {n} (100.0 %)")
-    page.keyboard.press("End")  # highest: none would
+    sync_api.expect(page.locator("#rate-miss")).to_have_text("0 of 1 (0 %)")
+    page.keyboard.press("End")  # highest: none would, and the confirmed defect would pass
     sync_api.expect(page.locator("#rate-val")).to_have_text(f"0 of {n} (0 %)")
-    sync_api.expect(page.locator("#rate-miss")).to_have_text("—")
-    sync_api.expect(page.locator("#rate-miss-sub")).to_have_text("no confirmed defects yet")
+    sync_api.expect(page.locator("#rate-miss")).to_have_text("1 of 1 (100.0 %)")
 
-    # Type a value just above the false alarm's score and apply it, with who and why.
-    new_value = float(f"{flagged['score'] * 1.05:.4g}")
+    # Type a value between the false alarm and the confirmed defect; apply it, with who and why.
+    new_value = float(f"{(flagged['score'] + confirmed['score']) / 2:.4g}")
     page.fill("#value", str(new_value))
     sync_api.expect(page.locator("#rate-revgood")).to_have_text("0 of 1 (0 %)")
+    sync_api.expect(page.locator("#rate-miss")).to_have_text("0 of 1 (0 %)")
     page.fill("#apply-by", "Ana")
     page.fill("#apply-note", "lens dust gives false alarms")
     page.once("dialog", lambda dialog: dialog.accept())

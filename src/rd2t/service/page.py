@@ -143,7 +143,10 @@ def inspection_view(request: Request, inspection_id: int):
     st = station_of(request)
     record = st.get(inspection_id)
     if record is None:
-        raise HTTPException(404, f"no inspection {inspection_id}")
+        text = f"There is no inspection {inspection_id} in this station's database."
+        response = render(request, "message.html", "inspection", heading="Not found", text=text)
+        response.status_code = 404
+        return response
     # The newest other inspection nobody has reviewed yet: where a reviewer goes next.
     unreviewed = st.list(reviewed=False, limit=2)["items"]
     next_unreviewed = next((r["id"] for r in unreviewed if r["id"] != inspection_id), None)
