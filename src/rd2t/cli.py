@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if debug:
             raise
+        if isinstance(e, MemoryError):  # a resource limit, not a bug: say what to change
+            typer.echo("error: out of memory (large images? lower RD2T_MAX_PIXELS or --batch-size)", err=True)
+            return EXIT_ERROR
         typer.echo(
             f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True
         )
