@@ -192,6 +192,9 @@ def test_review_path(station, browser, screenshots):
     saved = station.get(f"/v1/inspections/{flagged['id']}").json()["review"]
     assert (saved["state"], saved["note"], saved["by"]) == ("false_alarm", "dust on the lens <script>", "Ana")
     page.screenshot(path=str(screenshots / "inspection.png"), full_page=True, animations="disabled")
+    page.reload()  # the note comes back from the database as text, not markup
+    sync_api.expect(page.locator("#note")).to_have_value("dust on the lens <script>")
+    sync_api.expect(page.locator("#review-state")).to_have_text("false alarm")
 
     assert page.goto(f"{base}/inspections/999999").status == 404  # a page saying so, not a stack trace
     sync_api.expect(page.locator("h1")).to_have_text("Not found")
@@ -200,6 +203,10 @@ def test_review_path(station, browser, screenshots):
     confirmed = max((r for r in records if r["decision"] == "defect"), key=lambda r: r["score"])
     review = {"state": "confirmed_defect", "note": "crack", "by": "Ben"}
     assert station.post(f"/v1/inspections/{confirmed['id']}/review", json=review).status_code == 200
+
+    page.goto(base + "/?show=unreviewed")  # the reviewer's to-do list: the two reviewed parts are gone
+    sync_api.expect(page.locator(".card")).to_have_count(len(sent) - 2)
+    sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent) - 2))
 
     # The threshold page: both reviews are in the chart; the slider changes the rates.
     page.goto(base + "/threshold")

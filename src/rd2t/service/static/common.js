@@ -12,6 +12,9 @@ async function api(path, body) {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
   const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (response.status === 401) { // the token changed or the cookie is gone: sign in again, come back
+    window.location = `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+  }
   if (!response.ok) {
     let reason = response.statusText;
     try { reason = (await response.json()).detail || reason; } catch (e) { /* not JSON */ }
