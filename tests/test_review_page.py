@@ -23,7 +23,12 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the station needs the [station] extra")
 httpx = pytest.importorskip("httpx")
-sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
+try:
+    from playwright import sync_api
+except ImportError:  # a user's machine without the dev extra skips; CI must have it
+    if os.environ.get("RD2T_REQUIRE_SERVICES") == "1":
+        raise
+    pytest.skip("browser tests need the playwright package (dev extra)", allow_module_level=True)
 
 from tests.conftest import paint_defect, texture  # noqa: E402
 
