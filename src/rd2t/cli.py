@@ -348,13 +348,14 @@ def serve(
     queue: Annotated[int, typer.Option(min=0, help="Requests waiting before 503.")] = 16,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 50.0,
     max_pixels: Annotated[int, typer.Option(help="Largest width x height.")] = 40_000_000,
+    overlay: Annotated[str, typer.Option(help="eager: drawn per verdict; lazy: when viewed.")] = "eager",
 ) -> None:
     """The inspection station: HTTP API, results database, MQTT and the review page (docs/serving.md)."""
     from rd2t.service.app import serve as run
     from rd2t.service.settings import StationSettings
 
     run(StationSettings(model, host, port, db, images, mqtt, token, backend, threads, workers, queue,
-                        max_upload_mb, max_pixels))  # fmt: skip
+                        max_upload_mb, max_pixels, overlay))  # fmt: skip
 
 
 @app.command()
