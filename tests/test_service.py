@@ -467,3 +467,20 @@ def test_onnx_model_scores_through_the_same_predictor(trained_cli_model, tmp_pat
         assert client.get("/v1/model").json()["backend"] == "onnx"
     assert rec["score"] == pytest.approx(expected, rel=1e-5) and rec["model"]["name"] == "model.onnx"
     assert rec["score"] == pytest.approx(torch_score, rel=1e-3)
+
+
+def test_lazy_overlay_is_drawn_when_first_asked_for(trained_cli_model, tmp_path):
+    from rd2t.service.settings import StationSettings
+
+    s = StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, overlay="lazy")
+    with running_server(s) as client:
+        rec = inspect(client, images(1, seed=97, defect=True)[0]).json()
+        assert not list((tmp_path / "st").glob("overlays/*/*.png")) and list(
+            (tmp_path / "st").glob("maps/*/*.npy")
+        )
+        first = client.get(rec["links"]["overlay"])
+        assert first.status_code == 200 and Image.open(io.BytesIO(first.content)).size == (96, 96)
+        assert len(list((tmp_path / "st").glob("overlays/*/*.png"))) == 1  # drawn once, then served
+        assert client.get(rec["links"]["overlay"]).content == first.content
+        r = client.post("/v1/inspect?heatmap=png", files={"file": ("b.png", images(1, seed=98)[0])})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"

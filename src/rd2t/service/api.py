@@ -151,7 +151,12 @@ async def inspect(
     else:
         raise HTTPException(415, f"content type {ctype or 'none'}: send multipart/form-data or image/*")
     record = await run_inspection(
-        st, request.app.state.pool, data, name, **{k: clean(v) for k, v in fields.items()}
+        st,
+        request.app.state.pool,
+        data,
+        name,
+        with_overlay=heatmap == "png",
+        **{k: clean(v) for k, v in fields.items()},
     )
     if heatmap == "png":
         path = st.storage.path(st.row(record["id"])["overlay_path"])
@@ -250,7 +255,12 @@ def get_image(request: Request, inspection_id: int):
 
 @api.get("/inspections/{inspection_id}/overlay.png")
 def get_overlay(request: Request, inspection_id: int):
-    return _file(request, inspection_id, "overlay_path", "image/png")
+    row = _row_or_404(request, inspection_id)
+    try:
+        path = station_of(request).overlay_file(row)  # a sync route: drawing runs in a thread
+    except InputError as e:
+        raise HTTPException(404, str(e)) from None
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
 @api.get("/inspections/{inspection_id}/thumb.jpg")

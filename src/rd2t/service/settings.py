@@ -25,6 +25,7 @@ class StationSettings:
     queue: int = 16  # requests waiting for a worker before 503
     max_upload_mb: float = 50.0
     max_pixels: int = 40_000_000  # width * height, checked from the header before decoding
+    overlay: str = "eager"  # eager: overlay PNG written with each inspection; lazy: on first request
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -37,6 +38,8 @@ class StationSettings:
             )
         if not self.max_upload_mb > 0 or self.max_pixels < 1:
             raise ConfigError("--max-upload-mb and --max-pixels must be positive")
+        if self.overlay not in ("eager", "lazy"):
+            raise ConfigError(f"--overlay {self.overlay}: expected eager or lazy")
         if self.mqtt:
             mqtt_target(self.mqtt)  # refuse a bad URL at start, not at the first verdict
 

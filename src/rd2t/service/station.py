@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+import numpy as np
 import sqlalchemy as sa
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -187,11 +188,13 @@ class Station:
         line: str | None = None,
         station: str | None = None,
         source: str | None = None,
+        with_overlay: bool = False,
     ) -> dict:
         """Score one image and record it: files first, then the row; returns the committed record.
 
         InputError for an unreadable image, TooLarge over the limits; sqlalchemy IntegrityError when
-        `source` was recorded already (another watcher won)."""
+        `source` was recorded already (another watcher won). `with_overlay` draws the overlay now also
+        with `--overlay lazy`."""
         t0 = time.perf_counter()
         if len(data) > self.settings.max_upload_bytes:
             raise TooLarge(f"{name}: {len(data)} bytes, over the limit of {self.settings.max_upload_bytes}")
@@ -203,8 +206,11 @@ class Station:
         sha = hashlib.sha256(data).hexdigest()
         original, overlay_name, thumb = self.storage.names(sha, fmt, self.model_id)
         self.storage.put(original, data)
-        heat = overlay(image, pred.model_map, *self.colour_range)
-        self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
+        if self.settings.overlay == "eager" or with_overlay:
+            heat = overlay(image, pred.model_map, *self.colour_range)
+            self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
+        else:  # the map (a few KB at the model's size): the overlay is drawn from it when first asked for
+            self.storage.put(self.storage.map_name(overlay_name), lambda f: np.save(f, pred.model_map))
         small = image.copy()
         small.thumbnail((THUMB_PX, THUMB_PX))
         self.storage.put(thumb, lambda f: small.save(f, "JPEG", quality=85))
@@ -293,6 +299,19 @@ class Station:
                 .first()
             )
         return dict(r) if r else None
+
+    def overlay_file(self, row: dict):
+        """The overlay PNG of a row; with `--overlay lazy` drawn from the stored map on first use."""
+        path = self.storage.path(row["overlay_path"])
+        if path.is_file():
+            return path
+        map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
+        if not map_file.is_file() or row["model_id"] != self.model_id:
+            raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
+        image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
+        heat = overlay(image, np.load(map_file), *self.colour_range)
+        self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
+        return path
 
     def get(self, inspection_id: int) -> dict | None:
         r = self.row(inspection_id)

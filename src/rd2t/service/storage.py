@@ -51,6 +51,11 @@ class Storage:
             f"thumbs/{sha[:2]}/{sha}.jpg",
         )
 
+    @staticmethod
+    def map_name(overlay_name: str) -> str:
+        """The stored anomaly map (model resolution, float32 .npy) an overlay is drawn from."""
+        return "maps/" + overlay_name.removeprefix("overlays/").removesuffix(".png") + ".npy"
+
     def sweep_temp_files(self, older_than_s: float = 60.0) -> int:
         """Remove temp files left by a process killed mid-write (atomic_write's `.<name>.*.tmp`)."""
         n, now = 0, time.time()
