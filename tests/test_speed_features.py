@@ -107,3 +107,4 @@ def test_last_pt_is_written_at_most_every_n_seconds(texture_set, tmp_path, monke
     # Teachers once, no per-epoch last.pt within the hour, then the final model.pt and last.pt.
     assert written == ["teachers.pt", "model.pt", "last.pt"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the loop's signal handlers are removed"
+
