@@ -137,6 +137,7 @@ def serve(settings: StationSettings) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)
     log.info(
         "serving %s on http://%s:%s (database %s, images %s)",

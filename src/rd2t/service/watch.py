@@ -111,7 +111,10 @@ def watch(
     settings: StationSettings, folder: Path, done_dir: Path | None = None, interval: float = 1.0
 ) -> None:
     """Scan `folder` every `interval` seconds until interrupted."""
+    if not Path(folder).is_dir():  # before the model and the database are opened
+        raise InputError(f"{folder}: folder not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     station = Station(settings)
     watcher = Watcher(station, folder, done_dir)
     log.info("watching %s with %s (database %s)", folder, settings.model, settings.db_url.split("@")[-1])
