@@ -108,3 +108,22 @@ def test_last_pt_is_written_at_most_every_n_seconds(texture_set, tmp_path, monke
     assert written == ["teachers.pt", "model.pt", "last.pt"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the loop's signal handlers are removed"
 
+
+def test_openvino_backend_matches_onnx_runtime(trained_cli_model, texture_set, tmp_path):
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pytest.skip("openvino is not installed (pip install 'rd2t[openvino]'): OpenVINO backend not tested")
+    import numpy as np
+
+    from rd2t.cli import main
+    from rd2t.inference.predictor import Predictor
+
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(trained_cli_model), "--out", str(onnx)]) == 0
+    ort, ov = Predictor.open(onnx, backend="onnx"), Predictor.open(onnx, backend="openvino")
+    assert ov.threshold == ort.threshold and ov.info.config == ort.info.config
+    files = sorted((texture_set / "test").rglob("*.png"))
+    for a, b in zip(ort.predict(files, batch_size=4), ov.predict(files, batch_size=4), strict=True):
+        np.testing.assert_allclose(b.model_map, a.model_map, atol=1e-4)  # f32, as ORT vs torch at export
+        assert a.is_defective == b.is_defective

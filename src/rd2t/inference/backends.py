@@ -16,7 +16,7 @@ from rd2t.errors import ConfigError
 from rd2t.model.checkpoint import ModelInfo
 from rd2t.model.network import RD2T
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-bf16")
 
 
 class TorchBackend:
@@ -67,12 +67,54 @@ class OnnxBackend:
         return self.detector.predict(to_model_input(batch_uint8).numpy())
 
 
+class OpenVinoBackend:
+    """An rd2t `.onnx` run by OpenVINO (optional: pip install 'rd2t[openvino]'), fp32 unless asked.
+
+    OpenVINO runs bf16 by itself on CPUs with AVX-512-BF16/AMX (maps off by ~3.5 % of their range,
+    docs/performance.md), so the precision hint is always set: f32 for `openvino`, bf16 for `openvino-bf16`.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ConfigError(
+                f"{path}: --backend openvino needs the openvino package (pip install 'rd2t[openvino]')"
+            ) from None
+        from rd2t.inference.onnx_runtime import OnnxDetector
+
+        self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
+        self.metadata = OnnxDetector(path, threads=1).metadata  # the same checks and metadata as ORT
+        self.image_size = int(self.metadata["image_size"])
+        config = {"INFERENCE_PRECISION_HINT": precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.scores, self.maps = self.model.output("scores"), self.model.output("anomaly_maps")
+
+    @classmethod
+    def open(
+        cls, path: Path, threads: int | None = None, precision: str = "f32"
+    ) -> tuple[OpenVinoBackend, ModelInfo]:
+        backend = cls(path, threads, precision)
+        return backend, ModelInfo.from_metadata(backend.metadata, str(path))
+
+    def __call__(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        out = self.model(to_model_input(batch_uint8).numpy())
+        return np.asarray(out[self.scores], np.float32), np.asarray(out[self.maps], np.float32)
+
+
 def open_backend(path: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None):
     """(backend, ModelInfo) for a `.pt` checkpoint or an `.onnx` export; unknown names are refused."""
     path = Path(path)
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     is_onnx = path.suffix.lower() == ".onnx"
+    if backend.startswith("openvino"):
+        if not is_onnx:
+            raise ConfigError(f"{path}: --backend {backend} needs an .onnx file (make one with rd2t export)")
+        return OpenVinoBackend.open(path, threads, "bf16" if backend == "openvino-bf16" else "f32")
     if backend == "onnx" or (backend == "auto" and is_onnx):
         if not is_onnx:
             raise ConfigError(f"{path}: --backend onnx needs an .onnx file (make one with rd2t export)")
