@@ -542,6 +542,7 @@ def test_dataset_category_lists() -> None:
         "btad": 3,
         "visa": 12,
         "mpdd": 6,
+        "mvtec_ad2": 8,
         "mvtec3d": 10,
     }
     assert (
