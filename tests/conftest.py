@@ -33,6 +33,12 @@ def paint_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return out, mask
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _backend_choice_cache(tmp_path_factory):
+    """`--backend auto` records its measurements in a user cache; tests keep theirs out of the home folder."""
+    os.environ["RD2T_CACHE_DIR"] = str(tmp_path_factory.mktemp("rd2t-cache"))
+
+
 @pytest.fixture(scope="session")
 def texture_set(tmp_path_factory):
     """MVTec-layout tree: 24 good train, 6 good test, 6 stained test images with masks (96 px)."""

@@ -55,6 +55,28 @@ def test_predict_scores_good_files_skips_bad_ones_and_exits_2(trained_cli, textu
     assert all((tmp_path / "ov" / f"{i:03d}_heatmap.png").exists() for i in range(6))
 
 
+def test_predict_files_yields_each_record_in_order_once_its_pictures_are_written(
+    trained_cli, texture_set, tmp_path
+):
+    files = sorted((texture_set / "test").rglob("*.png"))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    files.insert(3, corrupt)
+    det = Detector.load(trained_cli)
+    seen = []
+    for rec in det.predict_files(files, out=tmp_path / "ov", masks=True, batch_size=2, overlay_format="jpg"):
+        if isinstance(rec, Exception):
+            seen.append("error")
+            continue
+        seen.append(Path(rec.path))
+        # Pictures are written in a thread, but a record only comes once its files are complete.
+        with Image.open(rec.overlay) as over, Image.open(rec.path) as src:
+            assert over.format == "JPEG" and over.size == src.size and rec.overlay.endswith("_heatmap.jpg")
+        with Image.open(rec.mask) as m:
+            assert m.format == "PNG" and m.size == src.size
+    assert seen == [*files[:3], "error", *files[4:]]
+
+
 def test_predict_exit_code_tells_pass_or_defective(trained_cli, texture_set, tmp_path, capsys):
     bad = sorted((texture_set / "test/stain").glob("*.png"))
     rc, out, _ = _run(capsys, "predict", trained_cli, *bad, "--threshold", "1e9")

@@ -127,3 +127,80 @@ def test_openvino_backend_matches_onnx_runtime(trained_cli_model, texture_set, t
     for a, b in zip(ort.predict(files, batch_size=4), ov.predict(files, batch_size=4), strict=True):
         np.testing.assert_allclose(b.model_map, a.model_map, atol=1e-4)  # f32, as ORT vs torch at export
         assert a.is_defective == b.is_defective
+
+
+def _installed_runtimes() -> set[str]:
+    from rd2t.inference.backends import _runtimes
+
+    return set(_runtimes())
+
+
+def test_auto_backend_runs_the_runtime_measured_fastest_here_and_measures_once(
+    trained_cli_model, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from rd2t.cli import main
+    from rd2t.inference.backends import choice_record_path
+    from rd2t.inference.predictor import Predictor
+
+    monkeypatch.setenv("RD2T_CACHE_DIR", str(tmp_path / "cache"))
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(trained_cli_model), "--out", str(onnx)]) == 0
+    # Export times every installed runtime on this machine, says which auto will use, and records it.
+    (record,) = json.loads(choice_record_path().read_text()).values()
+    assert set(record["b1_ms"]) == _installed_runtimes() and all(v > 0 for v in record["b1_ms"].values())
+    assert record["chosen"] == min(record["b1_ms"], key=record["b1_ms"].get)
+    assert f"auto runs the .onnx with {record['chosen']}" in capsys.readouterr().out
+    assert Predictor.open(onnx).backend.name == record["chosen"]
+    assert Predictor.open(trained_cli_model).backend.name == "torch"  # a .pt: torch, nothing measured
+    if len(_installed_runtimes()) < 2:
+        pytest.skip("only ONNX Runtime is installed: auto has nothing to choose between (rd2t[openvino])")
+    # The record is what decides: set the other runtime as the choice and auto follows it, unmeasured.
+    path = choice_record_path()
+    records = json.loads(path.read_text())
+    (key,) = records
+    other = next(r for r in record["b1_ms"] if r != record["chosen"])
+    records[key]["chosen"] = other
+    path.write_text(json.dumps(records))
+    before = path.stat().st_mtime_ns
+    assert Predictor.open(onnx).backend.name == other
+    assert path.stat().st_mtime_ns == before
+    # Another thread count is another measurement, recorded beside the first.
+    Predictor.open(onnx, threads=1)
+    assert len(json.loads(path.read_text())) == 2
+
+
+def test_auto_backend_works_when_its_record_cannot_be_written(trained_cli_model, tmp_path, monkeypatch):
+    if len(_installed_runtimes()) < 2:
+        pytest.skip("only ONNX Runtime is installed: auto measures nothing (rd2t[openvino])")
+    from rd2t.inference.export import export_onnx
+    from rd2t.inference.predictor import Predictor
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("RD2T_CACHE_DIR", str(blocked / "cache"))
+    onnx = export_onnx(trained_cli_model, tmp_path / "m.onnx")
+    with pytest.warns(UserWarning, match="backend choice not recorded"):
+        p = Predictor.open(onnx)
+    assert p.backend.name in _installed_runtimes()
+
+
+def test_openvino_backend_scores_correctly_from_several_threads(trained_cli_model, texture_set, tmp_path):
+    """The station scores from worker threads: each must get its own image's map, as when run alone."""
+    if "openvino" not in _installed_runtimes():
+        pytest.skip("openvino is not installed (pip install 'rd2t[openvino]')")
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from rd2t.inference.export import export_onnx
+    from rd2t.inference.predictor import Predictor
+
+    ov = Predictor.open(export_onnx(trained_cli_model, tmp_path / "m.onnx"), backend="openvino")
+    files = sorted((texture_set / "test").rglob("*.png"))
+    alone = [ov.predict_one(f).model_map for f in files]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda f: ov.predict_one(f).model_map, files * 3))
+    for i, m in enumerate(together):
+        np.testing.assert_array_equal(m, alone[i % len(files)])

@@ -34,6 +34,17 @@ class Format(str, Enum):
     csv = "csv"
 
 
+BACKEND_OPTION = typer.Option(
+    help="auto|torch|onnx|openvino|openvino-bf16. auto: torch for a .pt; for an .onnx the runtime measured "
+    "fastest on this machine (recorded once)"
+)
+
+
+class OverlayFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+
+
 def _resolve_config(
     base,
     config_file: Path | None,
@@ -173,7 +184,10 @@ def predict(
     fmt: Annotated[Format, typer.Option("--format")] = Format.jsonl,
     threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
     masks: Annotated[bool, typer.Option(help="Also write binary defect masks (map > threshold).")] = False,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    overlay_format: Annotated[
+        OverlayFormat, typer.Option(help="png: lossless; jpg: ~30x faster to write (docs/performance.md).")
+    ] = OverlayFormat.png,
+    backend: Annotated[str, BACKEND_OPTION] = "auto",
     device: Annotated[str, typer.Option()] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model.")] = None,
@@ -201,7 +215,14 @@ def predict(
         writer.writerow(["path", "score", "defective", "threshold", "overlay", "mask"])
     n_ok = n_bad = n_err = 0
     try:
-        for rec in det.predict_files(paths, out=out, masks=masks, threshold=threshold, batch_size=batch_size):
+        for rec in det.predict_files(
+            paths,
+            out=out,
+            masks=masks,
+            threshold=threshold,
+            batch_size=batch_size,
+            overlay_format=overlay_format.value,
+        ):
             if isinstance(rec, RD2TError):
                 n_err += 1
                 typer.echo(f"error: {rec}", err=True)
@@ -241,7 +262,7 @@ def evaluate(
         "runs/eval"
     ),
     report: Annotated[bool, typer.Option(help="Write the HTML report.")] = True,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    backend: Annotated[str, BACKEND_OPTION] = "auto",
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Metrics at the images' original resolution, per defect type; JSON, Markdown and an HTML report."""
@@ -302,8 +323,24 @@ def export(
 
     if fmt != "onnx":
         raise InputError(f"--format {fmt}: only onnx is supported")
-    path = Detector.load(checkpoint).export(out, opset=opset)
+    det = Detector.load(checkpoint)
+    path = det.export(out, opset=opset)
     typer.echo(f"exported {path}")
+    _report_backend_speed(det, path)
+
+
+def _report_backend_speed(det, onnx_path: Path) -> None:
+    """Measure the backends on this machine once, at export, and record what `--backend auto` will use."""
+    import torch
+
+    from rd2t.inference.backends import _median_ms, choose_onnx_runtime
+
+    size = det.config.tile or det.config.image_size
+    torch_ms = _median_ms(det._require().backend, torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    record = choose_onnx_runtime(onnx_path, remeasure=True)
+    speeds = [f"torch (.pt) {torch_ms:.1f} ms"] + [f"{k} {v:.1f} ms" for k, v in record["b1_ms"].items()]
+    speeds = ", ".join(speeds)
+    typer.echo(f"batch-1 speed here: {speeds}; --backend auto runs the .onnx with {record['chosen']}")
 
 
 @app.command()
@@ -342,7 +379,7 @@ def serve(
     images: Annotated[Path, typer.Option(help="Originals, overlays, thumbnails.")] = Path("rd2t-station"),
     mqtt: Annotated[str | None, typer.Option(help="mqtt://host:1883/topic for each verdict.")] = None,
     token: Annotated[str | None, typer.Option(help="Needed by /v1 and the page; env RD2T_TOKEN.")] = None,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    backend: Annotated[str, BACKEND_OPTION] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Images scored at once.")] = 2,
     queue: Annotated[int, typer.Option(min=0, help="Requests waiting before 503.")] = 16,
@@ -367,7 +404,7 @@ def watch(
     mqtt: Annotated[str | None, typer.Option(help="mqtt://host:1883/topic for each verdict.")] = None,
     done_dir: Annotated[Path | None, typer.Option(help="Move handled files here (default: leave).")] = None,
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx")] = "auto",
+    backend: Annotated[str, BACKEND_OPTION] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
 ) -> None:
     """Inspect each new image in a folder once, recorded like an HTTP inspection."""

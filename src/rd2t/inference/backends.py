@@ -6,13 +6,22 @@ by all backends, so a model gives the same verdict whichever runs it.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import os
+import platform
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rd2t.data.transforms import to_model_input
-from rd2t.errors import ConfigError
+from rd2t.errors import ConfigError, RD2TError
+from rd2t.files import atomic_write
 from rd2t.model.checkpoint import ModelInfo
 from rd2t.model.network import RD2T
 
@@ -92,6 +101,7 @@ class OpenVinoBackend:
         core = ov.Core()
         self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.scores, self.maps = self.model.output("scores"), self.model.output("anomaly_maps")
+        self._local = threading.local()
 
     @classmethod
     def open(
@@ -101,26 +111,118 @@ class OpenVinoBackend:
         return backend, ModelInfo.from_metadata(backend.metadata, str(path))
 
     def __call__(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model(to_model_input(batch_uint8).numpy())
-        return np.asarray(out[self.scores], np.float32), np.asarray(out[self.maps], np.float32)
+        # One infer request per calling thread: a compiled model's own request is not safe to share, and
+        # the station scores from several worker threads.
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.model.create_infer_request()
+        out = request.infer(to_model_input(batch_uint8).numpy())
+        return np.array(out[self.scores], np.float32), np.array(out[self.maps], np.float32)
 
 
 def open_backend(path: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None):
-    """(backend, ModelInfo) for a `.pt` checkpoint or an `.onnx` export; unknown names are refused."""
+    """(backend, ModelInfo) for a `.pt` checkpoint or an `.onnx` export; unknown names are refused.
+
+    `auto`: a `.pt` runs with torch (its channels-last choice is per preset); an `.onnx` with the fastest
+    runtime installed here (ONNX Runtime, OpenVINO f32), measured once per file, machine and thread count
+    and recorded (`choose_onnx_runtime`)."""
     path = Path(path)
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     is_onnx = path.suffix.lower() == ".onnx"
+    if backend == "auto" and is_onnx:
+        backend = choose_onnx_runtime(path, threads)["chosen"]
     if backend.startswith("openvino"):
         if not is_onnx:
             raise ConfigError(f"{path}: --backend {backend} needs an .onnx file (make one with rd2t export)")
         return OpenVinoBackend.open(path, threads, "bf16" if backend == "openvino-bf16" else "f32")
-    if backend == "onnx" or (backend == "auto" and is_onnx):
+    if backend == "onnx":
         if not is_onnx:
             raise ConfigError(f"{path}: --backend onnx needs an .onnx file (make one with rd2t export)")
         return OnnxBackend.open(path, threads)
     if is_onnx:
-        raise ConfigError(f"{path}: an ONNX file runs with --backend onnx (or auto), not {backend}")
+        raise ConfigError(f"{path}: an ONNX file runs with --backend onnx, openvino or auto, not {backend}")
     if threads:
         torch.set_num_threads(threads)
     return TorchBackend.open(path, device)
+
+
+# ---- auto: the fastest ONNX runtime on this machine -----------------------------------------------------
+
+
+def choice_record_path() -> Path:
+    """Where `auto` records its measurements: $RD2T_CACHE_DIR, else $XDG_CACHE_HOME/rd2t or ~/.cache/rd2t."""
+    root = (
+        os.environ.get("RD2T_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rd2t"
+    )
+    return Path(root) / "backend_choice.json"
+
+
+def _machine(threads: int | None) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} x{os.cpu_count()}, threads {threads or 'default'}"
+
+
+def _runtimes() -> dict[str, str]:
+    """The ONNX runtimes installed here, with their versions (part of what a measurement is valid for)."""
+    found = {}
+    for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        try:
+            found[name] = importlib.import_module(module).__version__
+        except ImportError:
+            continue
+    return found
+
+
+def _median_ms(backend, batch: torch.Tensor, runs: int = 5) -> float:
+    for _ in range(2):
+        backend(batch)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend(batch)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def choose_onnx_runtime(path: Path, threads: int | None = None, *, remeasure: bool = False) -> dict:
+    """The fastest installed runtime for this `.onnx` at batch 1 on this machine and thread count.
+
+    Measured once (2 warm-up and 5 timed calls each, a few seconds) and recorded by the file's SHA-256, the
+    CPU, the thread count and the runtimes' versions, so later loads reuse it. bf16 is never chosen: it
+    changes the maps (docs/performance.md). Returns {"chosen", "b1_ms": {runtime: ms}, "machine"}."""
+    runtimes = _runtimes()
+    if len(runtimes) < 2 and not remeasure:
+        return {"chosen": "onnx", "b1_ms": {}, "machine": _machine(threads)}  # nothing to choose between
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = " | ".join([digest[:16], _machine(threads), *(f"{k} {v}" for k, v in sorted(runtimes.items()))])
+    record_path = choice_record_path()
+    try:
+        records = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        records = {}
+    if key in records and not remeasure:
+        return records[key]
+    opened = [OnnxBackend(path, threads)]
+    if "openvino" in runtimes:
+        opened.append(OpenVinoBackend(path, threads))
+    size = opened[0].image_size
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8))
+    b1 = {be.name: round(_median_ms(be, batch), 2) for be in opened}
+    record = {"chosen": min(b1, key=b1.get), "b1_ms": b1, "machine": _machine(threads)}
+    try:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        records[key] = record
+        atomic_write(record_path, (json.dumps(records, indent=1) + "\n").encode())
+    except (OSError, RD2TError) as e:  # an unwritable cache costs a re-measurement next time, nothing else
+        warnings.warn(f"{record_path}: backend choice not recorded ({e})", stacklevel=2)
+    return record

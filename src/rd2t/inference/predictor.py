@@ -160,14 +160,14 @@ class Predictor:
             decoded = [e for e in pending if not isinstance(e, RD2TError)]
             if decoded:
                 t0 = time.perf_counter()
-                scores, maps = self.score_tensors(torch.stack([d[2] for d in decoded]))
+                scores, maps = self.score_tensors(torch.stack([d[3] for d in decoded]))
                 model_ms = (time.perf_counter() - t0) * 1000 / len(decoded)
                 results = iter(zip(scores, maps, strict=True))
             for entry in pending:
                 if isinstance(entry, RD2TError):
                     yield entry
                     continue
-                path, img, _, decode_ms = entry
+                path, img, size, _, decode_ms = entry
                 sc, m = next(results)
                 sc = float(sc)
                 if not math.isfinite(sc):
@@ -180,15 +180,17 @@ class Predictor:
                     sc,
                     None if threshold is None else sc > threshold,
                     m,
-                    img.size,
+                    size,
                     path,
-                    img if keep_images else None,
+                    img,
                     {"decode": decode_ms, "model": model_ms},
                 )
             pending.clear()
 
         n_decoded = 0
-        for item, result in self._decoded(items, self.image_size, decode_threads):
+        # A whole batch is decoded ahead, so the next batch is ready when the model finishes this one.
+        ahead = batch_size + 2 * decode_threads
+        for item, result in self._decoded(items, self.image_size, decode_threads, keep_images, ahead):
             if isinstance(result, RD2TError):
                 pending.append(result)
                 continue
@@ -208,11 +210,11 @@ class Predictor:
 
     def _predict_tiled(self, items, tiler: Tiler, batch_size: int, threshold, keep_images: bool):
         """One image at a time (a large image is the batch): decoded inline, so at most one is in memory."""
-        for item, result in self._decoded(items, 0, 1, prepare=tiler.prepare):
+        for item, result in self._decoded(items, 0, 1, keep_images, prepare=tiler.prepare):
             if isinstance(result, RD2TError):
                 yield result
                 continue
-            img, tensor, decode_ms = result
+            img, size, tensor, decode_ms = result
             path = Path(item) if isinstance(item, (str, Path)) else None
             t0 = time.perf_counter()
             m = self.score_tiled(tensor, tiler, batch_size)
@@ -229,9 +231,9 @@ class Predictor:
                 sc,
                 None if threshold is None else sc > threshold,
                 m,
-                img.size,
+                size,
                 path,
-                img if keep_images else None,
+                img,
                 {"decode": decode_ms, "model": model_ms},
             )
 
@@ -243,15 +245,17 @@ class Predictor:
         return result
 
     @staticmethod
-    def _decoded(items: Iterable, size: int, threads: int, prepare=None):
-        """(item, (image, tensor, ms) | error) in order; files are decoded a few ahead in threads."""
+    def _decoded(items: Iterable, size: int, threads: int, keep: bool, ahead: int = 0, prepare=None):
+        """(item, (image | None, (W, H), tensor, ms) | error) in order; files are decoded up to `ahead`
+        items ahead in threads. The decoded image is dropped at once unless `keep`: only the model's
+        input travels, so decoding ahead costs little memory even for large images."""
 
         def work(item):
             t0 = time.perf_counter()
             try:
                 img = decode(item)
                 tensor = prepare(img) if prepare else to_uint8_tensor(img, size)
-                return img, tensor, (time.perf_counter() - t0) * 1000
+                return (img if keep else None), img.size, tensor, (time.perf_counter() - t0) * 1000
             except InputError as e:
                 return e
 
@@ -259,11 +263,12 @@ class Predictor:
             for item in items:
                 yield item, work(item)
             return
+        ahead = max(ahead, 2 * threads)
         with ThreadPoolExecutor(threads, thread_name_prefix="rd2t-decode") as pool:
             window: deque = deque()
             for item in items:
                 window.append((item, pool.submit(work, item)))
-                if len(window) > 2 * threads:
+                if len(window) > ahead:
                     head, fut = window.popleft()
                     yield head, fut.result()
             while window:
