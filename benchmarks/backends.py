@@ -19,26 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from speed import median_seconds  # benchmarks/ is on the path when a script runs
 
 BACKENDS = ["torch", "onnx", "openvino", "openvino-bf16"]
 
 
 def median_ms(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, runs, warmup)
 
 
 def export(ckpt: Path, out: Path) -> Path:
@@ -109,7 +101,8 @@ def accuracy(a) -> None:
                 res = evaluate(p, split, threshold=p.threshold, progress=False, curves=False)
                 row = {"checkpoint": str(ckpt), "preset": p.config.preset, "backend": backend}
                 row |= {"max_map_error": err, "map_error_share_of_range": err / span}
-                row |= {k: res.metrics[k] for k in ("image_auroc", "pixel_auroc", "au_pro")}
+                keys = ("image_auroc", "pixel_auroc", "au_pro", "false_alarms", "misses")
+                row |= {k: res.metrics.get(k) for k in keys}  # decisions at the model's stored threshold
                 rows.append(row)
                 print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}))
     write(a, {"mode": "accuracy", "threads": a.threads, "data": str(a.data), "rows": rows})

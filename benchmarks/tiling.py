@@ -183,6 +183,31 @@ def per_defect(args) -> None:
         print(name, json.dumps(table))
 
 
+def summary(args) -> None:
+    """One Markdown row per compare row: mean +- std over its seeds (metrics in %), cost, decisions."""
+    print(
+        "| row | seeds | image AUROC | pixel AUROC | AU-PRO | pixel AP | s/epoch | inference ms/image "
+        "| false alarms / misses per seed |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for folder in sorted(p for p in Path(args.out).iterdir() if p.is_dir()):
+        runs = [json.loads(m.read_text()) for m in sorted(folder.glob("seed*/metrics.json"))]
+        if not runs:
+            continue
+
+        def stat(key: str, pct: bool = True, runs: list = runs) -> str:
+            v = np.array([r[key] for r in runs], float) * (100 if pct else 1)
+            return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+        decisions = ", ".join(f"{r['false_alarms']} / {r['misses']}" for r in runs)
+        metrics = " | ".join(stat(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
+        print(
+            f"| {folder.name} | {len(runs)} | {metrics} "
+            f"| {stat('epoch_s', False)} | {stat('infer_ms_per_image', False)} "
+            f"| {decisions} |"
+        )
+
+
 # ---- scaling: time and peak memory per image size ------------------------------------------------------
 
 
@@ -293,6 +318,8 @@ def main() -> None:
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--scale", type=float, help="override the model's scale")
         s.add_argument("--json")
+    sm = sub.add_parser("summary")
+    sm.add_argument("--out", required=True)
     pl = sub.add_parser("plot")
     pl.add_argument("--json", nargs="+", required=True)
     pl.add_argument("--out", required=True)
@@ -301,6 +328,8 @@ def main() -> None:
         generate(args.out, args.size, args.train, args.test_good, args.test_bad, args.seed)
     elif args.cmd == "compare":
         compare(args)
+    elif args.cmd == "summary":
+        summary(args)
     elif args.cmd == "plot":
         plot(args)
     elif args.cmd == "per_defect":

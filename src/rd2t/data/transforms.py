@@ -31,7 +31,8 @@ def decode(item, name: str | None = None) -> Image.Image:
         arr = arr[..., 0] if arr.shape[2] == 1 else arr[..., :3]
     if arr.ndim not in (2, 3) or min(arr.shape[:2], default=0) < 1:
         raise InputError(f"{name}: expected an HxW or HxWx3 image array, got shape {arr.shape}")
-    return Image.fromarray(array_to_uint8(arr, name)).convert("RGB")
+    img = Image.fromarray(array_to_uint8(arr, name))
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() copies even an RGB image
 
 
 def to_pil(image) -> Image.Image:

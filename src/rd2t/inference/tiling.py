@@ -66,7 +66,7 @@ class Tiler:
         w, h = self.scaled_size(image.size)
         if (w, h) != image.size:
             image = image.resize((w, h), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # one copy: large images count
 
     def positions(self, height: int, width: int) -> list[tuple[int, int]]:
         """(y, x) of every tile's top-left corner, row by row."""
