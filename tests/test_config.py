@@ -27,14 +27,23 @@ def test_file_then_flags_then_assignments(tmp_path):
     (tmp_path / "c.yaml").write_text("epochs: 9\nfusion: sum\n")
     cfg = resolve("offline", tmp_path / "c.json", {"epochs": 3}, ["loss=pixel", "student_blocks=1,1,1"])
     assert (cfg.epochs, cfg.sigma, cfg.widths, cfg.loss, cfg.student_blocks) == (
-        3, 2.0, (32, 64, 128), "pixel", (1, 1, 1))
+        3,
+        2.0,
+        (32, 64, 128),
+        "pixel",
+        (1, 1, 1),
+    )
     assert resolve("offline", tmp_path / "c.yaml").fusion == "sum"
 
 
 @pytest.mark.parametrize(
     "content,expected",
-    [('{"epochs": 0}', "epochs=0"), ('{"colour": 1}', "unknown config field(s) colour"),
-     ("{not json", "not valid json"), ('["a"]', "expected a mapping")],
+    [
+        ('{"epochs": 0}', "epochs=0"),
+        ('{"colour": 1}', "unknown config field(s) colour"),
+        ("{not json", "not valid json"),
+        ('["a"]', "expected a mapping"),
+    ],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path, content, expected):
     path = tmp_path / "bad.json"
@@ -50,10 +59,15 @@ def test_read_config_file_names_a_missing_file(tmp_path):
 
 @pytest.mark.parametrize(
     "args,expected",
-    [(["--threshold-rule", "banana"], "threshold rule 'banana'"), (["--batch-size", "0"], "batch_size=0"),
-     (["--epochs", "-1"], "epochs=-1"), (["--val-fraction", "1.5"], "val_fraction=1.5"),
-     (["--set", "sigma=-1"], "sigma=-1"), (["--set", "nonsense=1"], "unknown config field 'nonsense'"),
-     (["--fusion", "concat"], "fusion='concat'")],
+    [
+        (["--threshold-rule", "banana"], "threshold rule 'banana'"),
+        (["--batch-size", "0"], "batch_size=0"),
+        (["--epochs", "-1"], "epochs=-1"),
+        (["--val-fraction", "1.5"], "val_fraction=1.5"),
+        (["--set", "sigma=-1"], "sigma=-1"),
+        (["--set", "nonsense=1"], "unknown config field 'nonsense'"),
+        (["--fusion", "concat"], "fusion='concat'"),
+    ],
 )
 def test_train_refuses_bad_settings_before_reading_any_image(tmp_path, capsys, args, expected):
     t0 = time.perf_counter()
