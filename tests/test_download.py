@@ -74,8 +74,10 @@ class Server:
                 self.end_headers()
                 if server.cut_after is not None:
                     body = body[: server.cut_after]
-                self.wfile.write(body)
+                # Counted before the write: the client can finish reading (and the test check the count)
+                # before this thread runs again on a loaded machine.
                 server.bytes_sent += len(body)
+                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
