@@ -36,8 +36,8 @@ ROWS = {
     "tile256_frac25": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.25),
     # equal optimizer steps to tile256 (all tiles) at 4x its epochs: all tiles vs a random share per epoch
     "tile256_frac25_steps": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.25, epoch_factor=4),
-    # bottle (900 px): scale 0.5 is a 2x2 grid, so all its tiles per epoch = 4 per image; at scale 1 (5x5
-    # grid) 0.16 of the tiles is the same 4 per image per epoch.
+    # bottle (900 px) at scale 1 is a 5x5 grid: 0.16 of it is 4 tiles per image per epoch. (Scale 0.5 is a
+    # 3x3 grid at 450 px, starts 0/192/194, so `tile256_half` sees 9 per image, not 4.)
     "tile256_frac16": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.16),
 }
 
