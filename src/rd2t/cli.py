@@ -333,10 +333,11 @@ def _report_backend_speed(det, onnx_path: Path) -> None:
     """Measure the backends on this machine once, at export, and record what `--backend auto` will use."""
     import torch
 
-    from rd2t.inference.backends import _median_ms, choose_onnx_runtime
+    from rd2t.inference.backends import choose_onnx_runtime, median_ms
 
-    size = det.config.tile or det.config.image_size
-    torch_ms = _median_ms(det._require().backend, torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    predictor = det._require()
+    size = predictor.image_size
+    torch_ms = median_ms(predictor.backend, torch.zeros(1, 3, size, size, dtype=torch.uint8))
     record = choose_onnx_runtime(onnx_path, remeasure=True)
     speeds = [f"torch (.pt) {torch_ms:.1f} ms"] + [f"{k} {v:.1f} ms" for k, v in record["b1_ms"].items()]
     speeds = ", ".join(speeds)

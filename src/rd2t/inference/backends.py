@@ -65,12 +65,13 @@ class OnnxBackend:
         from rd2t.inference.onnx_runtime import OnnxDetector
 
         self.detector = OnnxDetector(path, threads=threads)
+        self.metadata = self.detector.metadata
         self.image_size = self.detector.image_size
 
     @classmethod
     def open(cls, path: Path, threads: int | None = None) -> tuple[OnnxBackend, ModelInfo]:
         backend = cls(path, threads)
-        return backend, ModelInfo.from_metadata(backend.detector.metadata, str(path))
+        return backend, ModelInfo.from_metadata(backend.metadata, str(path))
 
     def __call__(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         return self.detector.predict(to_model_input(batch_uint8).numpy())
@@ -131,7 +132,10 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "cpu", t
         raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     is_onnx = path.suffix.lower() == ".onnx"
     if backend == "auto" and is_onnx:
-        backend = choose_onnx_runtime(path, threads)["chosen"]
+        record, measured = _choose(path, threads, remeasure=False)
+        backend = record["chosen"]
+        if backend in measured:  # just measured: the runtime is open already, not built a second time
+            return measured[backend], ModelInfo.from_metadata(measured[backend].metadata, str(path))
     if backend.startswith("openvino"):
         if not is_onnx:
             raise ConfigError(f"{path}: --backend {backend} needs an .onnx file (make one with rd2t export)")
@@ -183,7 +187,8 @@ def _runtimes() -> dict[str, str]:
     return found
 
 
-def _median_ms(backend, batch: torch.Tensor, runs: int = 5) -> float:
+def median_ms(backend, batch: torch.Tensor, runs: int = 5) -> float:
+    """Median milliseconds of `runs` calls of a backend on `batch`, after 2 warm-up calls."""
     for _ in range(2):
         backend(batch)
     times = []
@@ -200,9 +205,14 @@ def choose_onnx_runtime(path: Path, threads: int | None = None, *, remeasure: bo
     Measured once (2 warm-up and 5 timed calls each, a few seconds) and recorded by the file's SHA-256, the
     CPU, the thread count and the runtimes' versions, so later loads reuse it. bf16 is never chosen: it
     changes the maps (docs/performance.md). Returns {"chosen", "b1_ms": {runtime: ms}, "machine"}."""
+    return _choose(path, threads, remeasure)[0]
+
+
+def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dict]:
+    """`choose_onnx_runtime`'s record, and the backends it opened when it measured now (else {})."""
     runtimes = _runtimes()
     if len(runtimes) < 2 and not remeasure:
-        return {"chosen": "onnx", "b1_ms": {}, "machine": _machine(threads)}  # nothing to choose between
+        return {"chosen": "onnx", "b1_ms": {}, "machine": _machine(threads)}, {}  # nothing to choose
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     key = " | ".join([digest[:16], _machine(threads), *(f"{k} {v}" for k, v in sorted(runtimes.items()))])
     record_path = choice_record_path()
@@ -211,18 +221,18 @@ def choose_onnx_runtime(path: Path, threads: int | None = None, *, remeasure: bo
     except (OSError, ValueError):
         records = {}
     if key in records and not remeasure:
-        return records[key]
-    opened = [OnnxBackend(path, threads)]
+        return records[key], {}
+    opened = {"onnx": OnnxBackend(path, threads)}
     if "openvino" in runtimes:
-        opened.append(OpenVinoBackend(path, threads))
-    size = opened[0].image_size
+        opened["openvino"] = OpenVinoBackend(path, threads)
+    size = opened["onnx"].image_size
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8))
-    b1 = {be.name: round(_median_ms(be, batch), 2) for be in opened}
+    b1 = {be.name: round(median_ms(be, batch), 2) for be in opened.values()}
     record = {"chosen": min(b1, key=b1.get), "b1_ms": b1, "machine": _machine(threads)}
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         records[key] = record
         atomic_write(record_path, (json.dumps(records, indent=1) + "\n").encode())
     except (OSError, RD2TError) as e:  # an unwritable cache costs a re-measurement next time, nothing else
-        warnings.warn(f"{record_path}: backend choice not recorded ({e})", stacklevel=2)
-    return record
+        warnings.warn(f"{record_path}: backend choice not recorded ({e})", stacklevel=3)
+    return record, opened

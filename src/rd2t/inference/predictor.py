@@ -245,7 +245,7 @@ class Predictor:
         return result
 
     @staticmethod
-    def _decoded(items: Iterable, size: int, threads: int, keep: bool, ahead: int = 0, prepare=None):
+    def _decoded(items: Iterable, size: int, threads: int, keep: bool, ahead: int = 1, prepare=None):
         """(item, (image | None, (W, H), tensor, ms) | error) in order; files are decoded up to `ahead`
         items ahead in threads. The decoded image is dropped at once unless `keep`: only the model's
         input travels, so decoding ahead costs little memory even for large images."""
@@ -263,7 +263,6 @@ class Predictor:
             for item in items:
                 yield item, work(item)
             return
-        ahead = max(ahead, 2 * threads)
         with ThreadPoolExecutor(threads, thread_name_prefix="rd2t-decode") as pool:
             window: deque = deque()
             for item in items:
