@@ -102,6 +102,14 @@ def _read_lines(proc: subprocess.Popen, n: int, timeout: float = 120) -> list[st
     return lines
 
 
+def _read_rest(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """Everything else the process writes, through the same buffered streams `_read_lines` used:
+    communicate() reads the raw pipes and loses lines a readline() already pulled into the buffer."""
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.wait(timeout=timeout)
+    return out, err
+
+
 def test_a_second_predict_on_the_same_out_folder_is_refused_and_the_first_stays_intact(
     trained_cli_model, tmp_path
 ):
@@ -126,7 +134,7 @@ def test_a_second_predict_on_the_same_out_folder_is_refused_and_the_first_stays_
             timeout=120,
         )
         first.send_signal(signal.SIGCONT)
-        rest, err = first.communicate(timeout=120)
+        rest, err = _read_rest(first)
     finally:
         first.kill()
     assert second.returncode == 2 and second.stdout == ""
@@ -151,7 +159,7 @@ def test_ctrl_c_leaves_only_complete_files_and_the_results_so_far(trained_cli_mo
         head = _read_lines(proc, 3)
         assert len(head) == 3, proc.stderr.read()
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=120)
+        rest, err = _read_rest(proc)
     finally:
         proc.kill()
     records = [json.loads(x) for x in head + rest.splitlines()]
