@@ -7,11 +7,14 @@ held-out good validation images (the checkpoint's val_files) and every test imag
 - `gauss`: Mahalanobis distance of the first teacher's 3x3-pooled stride-8+16 features to ONE Gaussian fitted
   on `--bank-images` training images (PaDiM-like but global: tiles of every aspect ratio share it);
 - `knn`: distance to the nearest of `--bank` random training patches of the same features (PatchCore-like,
-  random instead of greedy coreset).
+  random instead of greedy coreset), or with `--coreset F` to the product's memory bank
+  (rd2t.model.memory_bank: a greedy k-center coreset of F x the patches, PatchCore's selection, among at most
+  100k random candidates).
 Sums (`cos+gauss`, ...) add the maps after z-scoring each by its good-validation pixel mean and std (a rule
-fixed before looking; nothing is fitted on test images). Image score = max of the map, or the mean of its
-top 1 % pixels. Metrics at the original resolution (rd2t's Evaluator). Threshold rules are applied to the
-validation scores and their false alarms / misses counted on the test set.
+fixed before looking; nothing is fitted on test images); `cos|knn` takes the per-pixel max of the two z-maps.
+Image score = max of the map, or the mean of its top 1 % pixels. Metrics at the original resolution (rd2t's
+Evaluator). Threshold rules are applied to the validation scores; false alarms and misses are counted on
+the test set.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/magnetic_tile.py \
         --model runs/mt/offline_s0/last.pt --root ../shared/data/magnetic_tile --category . \
@@ -35,6 +38,13 @@ from rd2t.data.transforms import resize_map, to_model_input, to_uint8_tensor
 from rd2t.evaluation.metrics import Evaluator, image_auroc
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import model_from
+from rd2t.model.memory_bank import MemoryBank, patch_embedding
+
+
+def embed(feats) -> torch.Tensor:
+    """(B, P, C): the memory bank's patches (teacher 0, stride 8 + 16, 3x3-averaged, as PatchCore)."""
+    return patch_embedding(feats[0]).flatten(2).transpose(1, 2)
+
 
 SIZE = 256
 
@@ -45,7 +55,7 @@ def _norm_map(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(model, paths, batch: int = 8):
+def extract(model, paths, batch: int = 8, teacher_only: bool = False):
     """cos and mag maps (N, 256, 256), embeddings (N, P, C) of teacher 0 at stride 8, original sizes."""
     cos, mag, emb, sizes = [], [], [], []
     for i in range(0, len(paths), batch):
@@ -53,6 +63,9 @@ def extract(model, paths, batch: int = 8):
         sizes += [im.size for im in pil]
         x = to_model_input(torch.stack([to_uint8_tensor(im, SIZE) for im in pil]))
         feats = model.teacher_features(x)
+        if teacher_only:
+            emb.append(embed(feats))
+            continue
         preds = model.reconstruct(feats)
         cos.append(model.anomaly_map(feats, preds, (SIZE, SIZE))[:, 0])
         m = 0.0
@@ -62,10 +75,9 @@ def extract(model, paths, batch: int = 8):
                     _norm_map(s, t), size=(SIZE, SIZE), mode="bilinear", align_corners=False
                 )
         mag.append(model.blur(m)[:, 0])
-        f8, f16 = (F.avg_pool2d(f, 3, 1, 1) for f in feats[0][1:3])
-        f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        e = torch.cat([f8, f16], 1)
-        emb.append(e.flatten(2).transpose(1, 2))
+        emb.append(embed(feats))
+    if teacher_only:
+        return None, None, torch.cat(emb), sizes
     return torch.cat(cos), torch.cat(mag), torch.cat(emb), sizes
 
 
@@ -81,8 +93,10 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor) 
 
 def knn(emb: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     out = []
-    for e in emb:
-        out.append(torch.cdist(e, bank).min(1).values)
+    b2 = bank.pow(2).sum(1)
+    for e in emb:  # |e|^2 + |b|^2 - 2 e.b: one matmul, as an ONNX graph would do it
+        d2 = e.pow(2).sum(1, keepdim=True) + b2 - 2 * e @ bank.T
+        out.append(d2.min(1).values.clamp_min(0).sqrt())
     return torch.stack(out)
 
 
@@ -99,8 +113,10 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--category", default=".")
-    ap.add_argument("--bank-images", type=int, default=150, help="training images for the Gaussian / kNN")
+    ap.add_argument("--bank-images", type=int, default=150, help="training images for Gaussian/kNN (0: all)")
     ap.add_argument("--bank", type=int, default=16000, help="random training patches for kNN")
+    ap.add_argument("--coreset", type=float, default=0.0, help="greedy coreset fraction instead of --bank")
+    ap.add_argument("--no-mag-gauss", action="store_true", help="skip the mag and gauss terms")
     ap.add_argument("--test-every", type=int, default=1, help="score every k-th test image (CPU budget)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -111,8 +127,9 @@ def main() -> None:
     split = mvtec(a.root, a.category)
     rng = np.random.default_rng(0)
     train_files = list(ckpt.train_files)
-    pick = sorted(rng.choice(len(train_files), min(a.bank_images, len(train_files)), replace=False))
-    _, _, emb_tr, _ = extract(model, [train_files[i] for i in pick])
+    n_bank = min(a.bank_images or len(train_files), len(train_files))
+    pick = sorted(rng.choice(len(train_files), n_bank, replace=False))
+    _, _, emb_tr, _ = extract(model, [train_files[i] for i in pick], teacher_only=True)
     cos_v, mag_v, emb_v, _ = extract(model, list(ckpt.val_files))
     test = split.test[:: a.test_every]  # the test list is grouped by defect type: every k-th keeps each type
     cos_t, mag_t, emb_t, sizes = extract(model, [s.path for s in test])
@@ -123,11 +140,20 @@ def main() -> None:
     mean = x.mean(0)
     cov = torch.cov(x.T) + 0.01 * torch.eye(x.shape[1], dtype=torch.float64)
     prec_chol = torch.linalg.cholesky(torch.linalg.inv(cov)).float()
-    bank = x.float()[torch.randperm(len(x))[: a.bank]]
-    maps = {"cos": (cos_v, cos_t), "mag": (mag_v, mag_t)}
-    maps["gauss"] = tuple(
-        to_map(model, mahalanobis(e, mean.float(), prec_chol), side) for e in (emb_v, emb_t)
-    )
+    if a.coreset:
+        t1 = time.time()
+        mb = MemoryBank(x.shape[1])
+        mb.fit(x.float(), a.coreset)  # the product's selection (random candidates above MAX_CANDIDATES)
+        bank = mb.patches
+        print(f"coreset of {len(bank)} of {len(x)} patches in {time.time() - t1:.0f}s", flush=True)
+    else:
+        bank = x.float()[torch.randperm(len(x))[: a.bank]]
+    maps = {"cos": (cos_v, cos_t)}
+    if not a.no_mag_gauss:
+        maps["mag"] = (mag_v, mag_t)
+        maps["gauss"] = tuple(
+            to_map(model, mahalanobis(e, mean.float(), prec_chol), side) for e in (emb_v, emb_t)
+        )
     if a.bank:  # --bank 0 skips kNN (its cost grows with bank size x test patches)
         maps["knn"] = tuple(to_map(model, knn(e, bank), side) for e in (emb_v, emb_t))
     print(f"distances in {time.time() - t0:.0f}s", flush=True)
@@ -138,13 +164,23 @@ def main() -> None:
     variants = {k: maps[k] for k in maps}
     for k in [k for k in ("mag", "gauss", "knn") if k in maps]:
         variants[f"cos+{k}"] = (z["cos"][0] + z[k][0], z["cos"][1] + z[k][1])
+    if "knn" in maps:
+        variants["cos|knn"] = tuple(torch.maximum(c, k) for c, k in zip(z["cos"], z["knn"], strict=True))
 
     masks = [
         load_mask(s.mask_path, wh) if s.mask_path else np.zeros(wh[::-1], dtype=bool)
         for s, wh in zip(test, sizes, strict=True)
     ]
     labels = np.array([s.label for s in test], dtype=bool)
-    results = {"model": a.model, "epoch": ckpt.epoch, "n_val": len(ckpt.val_files), "n_test": len(test)}
+    results = {
+        "model": a.model,
+        "epoch": ckpt.epoch,
+        "n_val": len(ckpt.val_files),
+        "n_test": len(test),
+        "bank_images": len(pick),
+        "bank": len(bank),
+        "coreset": a.coreset,
+    }
     for name, (v, t) in variants.items():
         for how in ("max", "top1%"):
             sv, st = scores_of(v, how), scores_of(t, how)
@@ -181,7 +217,8 @@ def main() -> None:
             )
     # Cost of the extra terms per image (CPU, this machine, shared): distances on the test embeddings.
     t1 = time.time()
-    mahalanobis(emb_t[:32], mean.float(), prec_chol)
+    if not a.no_mag_gauss:
+        mahalanobis(emb_t[:32], mean.float(), prec_chol)
     t_gauss = (time.time() - t1) / 32
     t1 = time.time()
     if a.bank:

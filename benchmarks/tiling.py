@@ -39,6 +39,9 @@ ROWS = {
     # bottle (900 px) at scale 1 is a 5x5 grid: 0.16 of it is 4 tiles per image per epoch. (Scale 0.5 is a
     # 3x3 grid at 450 px, starts 0/192/194, so `tile256_half` sees 9 per image, not 4.)
     "tile256_frac16": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.16),
+    # 2048 px (11x11 grid) and 4096 px (21x21): shares that keep about the 1024 px row's ~90 tiles per epoch
+    "tile256_frac07": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.07),
+    "tile256_frac04": dict(tile=256, stride=192, scale=1.0, tile_fraction=0.04),
 }
 
 
@@ -159,6 +162,10 @@ def compare(args) -> None:
                 "false_alarms": ev.metrics.get("false_alarms"),
                 "misses": ev.metrics.get("misses"),
                 "load": os.getloadavg()[0],
+                "per_defect": {
+                    d: {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")}
+                    for d, m in ev.per_defect.items()
+                },
             }
             (folder / "metrics.json").write_text(json.dumps(row, indent=1))
             print(json.dumps(row))

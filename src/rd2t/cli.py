@@ -122,6 +122,10 @@ def train(
     tile: Annotated[int | None, typer.Option(help="Tile size (px, multiple of 32) for large images.")] = None,
     stride: Annotated[int | None, typer.Option(help="Tile step in px (default 3/4 of the tile).")] = None,
     scale: Annotated[float | None, typer.Option(help="Resize factor before tiling, 0 < s <= 1.")] = None,
+    memory_bank: Annotated[
+        float | None,
+        typer.Option(help="Share of training patches kept for a nearest-neighbour term, e.g. 0.01; 0 = off."),
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
     sets: Sets = None,
@@ -156,6 +160,7 @@ def train(
         tile=tile,
         stride=stride,
         scale=scale,
+        memory_bank=memory_bank,
         seed=seed,
         device=device,
     )

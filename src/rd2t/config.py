@@ -50,6 +50,8 @@ class Config:
     tile: int = _f(0, MODEL, "tile size in pixels, a multiple of 32; 0 = no tiling (resize to image_size)")
     stride: int = _f(0, MODEL, "tile step in pixels, 0 < stride <= tile (0 = tile * 3/4)")
     scale: float = _f(1.0, MODEL, "resize factor applied before tiling, 0 < scale <= 1")
+    # Nearest-neighbour term on the first teacher's patches, added to the map (model/memory_bank.py).
+    memory_bank: float = _f(0.0, MODEL, "share of training patches kept for a kNN term, 0 <= f <= 1; 0 = off")
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -114,6 +116,10 @@ class Config:
             bad("stride", f"a whole number with 0 < stride <= tile={self.tile}")
         if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1):
             bad("scale", "a number with 0 < scale <= 1")
+        if not (isinstance(self.memory_bank, (int, float)) and 0 <= self.memory_bank <= 1):
+            bad("memory_bank", "a number with 0 <= f <= 1 (0 = off)")
+        if self.memory_bank and self.tile:
+            bad("memory_bank", "0 for tiled models (the memory bank is not wired into tiling yet)")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:

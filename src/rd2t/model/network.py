@@ -13,6 +13,7 @@ from torch import nn
 
 from rd2t.config import Config
 from rd2t.model.fusion import TeacherFusion
+from rd2t.model.memory_bank import MemoryBank, patch_embedding
 from rd2t.model.student import OCBE, Decoder
 from rd2t.model.teachers import Teacher
 
@@ -67,6 +68,8 @@ class RD2T(nn.Module):
             for ch in teacher_channels
         )
         self.blur = GaussianBlur(config.sigma)
+        # Optional nearest-neighbour term on teacher 1's stride-8 + stride-16 patches (memory_bank.py).
+        self.memory_bank = MemoryBank(sum(teacher_channels[0][1:3])) if config.memory_bank > 0 else None
 
     # --- the pieces, usable separately by the trainer (which caches teacher features) ---
     @torch.no_grad()
@@ -90,14 +93,26 @@ class RD2T(nn.Module):
                     total = total + cosine_distance_map(s, t).mean()
         return total
 
-    def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
-        """(B, 1, H, W): blurred sum over teachers and scales of upsampled 1 - cosine."""
+    def term_maps(
+        self, features: Features, predictions: Features, size: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """The map's terms, each (B, 1, H, W) and blurred: the student's (sum over teachers and scales of
+        upsampled 1 - cosine), then, once a memory bank is fitted, the distance to its nearest patch."""
         amap = 0.0
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
                 d = cosine_distance_map(s, t)
                 amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
-        return self.blur(amap)
+        maps = [self.blur(amap)]
+        if self.memory_bank is not None and self.memory_bank.fitted:
+            d = self.memory_bank.distance(patch_embedding(features[0]))
+            maps.append(self.blur(F.interpolate(d, size=size, mode="bilinear", align_corners=False)))
+        return maps
+
+    def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W): the student's map, or with a fitted memory bank both terms z-scored and summed."""
+        maps = self.term_maps(features, predictions, size)
+        return maps[0] if len(maps) == 1 else self.memory_bank.combine(*maps)
 
     # --- inference ---
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

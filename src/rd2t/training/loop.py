@@ -35,6 +35,7 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
+from rd2t.model.memory_bank import patch_embedding
 from rd2t.model.network import RD2T
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -117,6 +118,40 @@ def calibrate(
         scores.tolist(),
         map_range_from(float(np.median(np.concatenate(medians))), threshold),
     )
+
+
+# ---- memory bank (config.memory_bank > 0) -------------------------------------------------------------
+
+
+@torch.no_grad()
+def fit_memory_bank(
+    model: RD2T, images: torch.Tensor, held_out: torch.Tensor, cache: FeatureCache | None, batch_size: int
+) -> None:
+    """Keep a coreset of the training patches, then z-score both map terms on held-out good images."""
+    model.eval()
+    device = next(model.parameters()).device
+
+    def features_of(batch: torch.Tensor):
+        return model.teacher_features(to_model_input(batch.to(device)))
+
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(images)))
+        feats = cache.get(idx) if cache is not None else features_of(images[idx])
+        e = patch_embedding(feats[0])
+        chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
+    model.memory_bank.fit(torch.cat(chunks), model.config.memory_bank, model.config.seed)
+    # Pixel mean and std of each term over the held-out images, accumulated in float64.
+    sums = torch.zeros(2, 3, dtype=torch.float64)
+    for start in range(0, len(held_out), batch_size):
+        feats = features_of(held_out[start : start + batch_size])
+        maps = model.term_maps(feats, model.reconstruct(feats), tuple(held_out.shape[-2:]))
+        for k, m in enumerate(maps):
+            m = m.double().cpu()
+            sums[k] += torch.stack([torch.tensor(float(m.numel())), m.sum(), m.pow(2).sum()])
+    mean = sums[:, 1] / sums[:, 0]
+    std = (sums[:, 2] / sums[:, 0] - mean**2).clamp_min(1e-12).sqrt()
+    model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
@@ -341,6 +376,8 @@ def train(
     if rank == 0:
         source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
+        if model.memory_bank is not None:  # untiled only (Config refuses tiling with it)
+            fit_memory_bank(model, images, held_out, cache, config.batch_size)
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration

@@ -1,0 +1,88 @@
+"""A nearest-neighbour term on the first teacher's features, added to the student's map (issue 14).
+
+Reverse distillation scores a pixel by how badly the student rebuilds the teacher there: a large,
+low-contrast change that the student rebuilds well (magnetic tile's "uneven") stays invisible. The frozen
+teacher's features themselves still differ from every defect-free training patch; PatchCore scores exactly
+that. `memory_bank > 0` keeps that share of the training patches (greedy k-center coreset, PatchCore's
+selection) and adds the distance to the nearest kept patch to the map. Both terms are z-scored by their
+pixel mean and spread on held-out good images (nothing from defective images) and summed.
+
+Everything stays inside `RD2T.forward`: torch, ONNX Runtime and OpenVINO score it the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Above this many training patches the coreset is chosen from a random subset of them: its cost is
+# candidates x kept (100k x 7k takes ~1 min on one CPU core).
+MAX_CANDIDATES = 100_000
+PROJECTION_DIMS = 128  # PatchCore's random projection for the k-center distances
+
+
+def patch_embedding(features: list[torch.Tensor]) -> torch.Tensor:
+    """(B, C8 + C16, H/8, W/8): stride-8 and upsampled stride-16 features, each 3x3-averaged (PatchCore)."""
+    f8, f16 = (F.avg_pool2d(f.float(), 3, 1, 1) for f in features[1:3])
+    f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([f8, f16], 1)
+
+
+def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of `n` rows of `x` chosen by greedy k-center: each pick is the row farthest from all picks."""
+    g = torch.Generator().manual_seed(seed)
+    if x.shape[1] > PROJECTION_DIMS:
+        x = x @ (torch.randn(x.shape[1], PROJECTION_DIMS, generator=g) / PROJECTION_DIMS**0.5)
+    sq = x.pow(2).sum(1)
+    first = int(torch.randint(len(x), (1,), generator=g))
+    picks = torch.empty(n, dtype=torch.long)
+    picks[0] = first
+    dist = sq - 2 * x @ x[first] + sq[first]  # squared distances as one matrix-vector product
+    for i in range(1, n):
+        j = int(dist.argmax())
+        picks[i] = j
+        torch.minimum(dist, sq - 2 * x @ x[j] + sq[j], out=dist)
+    return picks
+
+
+class MemoryBank(nn.Module):
+    """Kept training patches and the z-scores that put their distance on the student map's scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("patches", torch.zeros(0, channels))
+        # (student mean, student std, knn mean, knn std) over good held-out pixels
+        self.register_buffer("zscore", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.fitted = False  # a plain flag, not a tensor test: the ONNX trace keeps it as a constant
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The bank's size is what training kept; take it from the checkpoint instead of failing on the shape.
+        stored = state_dict.get(prefix + "patches")
+        if stored is not None:
+            self.patches = torch.zeros_like(stored, device=self.patches.device)
+            self.fitted = stored.shape[0] > 0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit(self, embeddings: torch.Tensor, share: float, seed: int = 0) -> None:
+        """Keep `share` of the (N, C) training patches, at least one."""
+        x = embeddings.float()
+        if len(x) > MAX_CANDIDATES:
+            g = torch.Generator().manual_seed(seed)
+            x = x[torch.randperm(len(x), generator=g)[:MAX_CANDIDATES]]
+        n = max(1, min(len(x), round(share * len(embeddings))))
+        self.patches = x[greedy_coreset(x, n, seed)].contiguous().to(self.patches.device)
+        self.fitted = True
+
+    def distance(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 1, h, w): Euclidean distance to the nearest kept patch."""
+        b, c, h, w = embedding.shape
+        e = embedding.flatten(2).transpose(1, 2)  # (B, P, C)
+        # |e|^2 + |m|^2 - 2 e.m as one matmul: exports to ONNX as plain MatMul and ReduceMin
+        d2 = e.pow(2).sum(-1, keepdim=True) + self.patches.pow(2).sum(-1) - 2 * e @ self.patches.T
+        return d2.amin(-1).clamp_min(0).sqrt().view(b, 1, h, w)
+
+    def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> torch.Tensor:
+        z = self.zscore
+        return (student_map - z[0]) / z[1] + (knn_map - z[2]) / z[3]

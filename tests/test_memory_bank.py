@@ -1,0 +1,127 @@
+"""The optional nearest-neighbour term (config.memory_bank): coreset, distances, training, save/load, ONNX."""
+
+import numpy as np
+import pytest
+import torch
+
+from rd2t.config import preset
+from rd2t.data import load_image, load_mask
+from rd2t.data.transforms import to_model_input, to_uint8_tensor
+from rd2t.errors import ConfigError
+from rd2t.inference.export import export_onnx
+from rd2t.inference.onnx_runtime import OnnxDetector
+from rd2t.model.loading import load_model
+from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
+from rd2t.model.network import RD2T
+
+SIZE = 64
+
+
+def test_greedy_coreset_covers_every_cluster_before_repeating_one():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 8, [50.0] * 8, [-50.0] * 8, [50.0] * 4 + [-50.0] * 4])
+    x = torch.cat([c + torch.randn(200, 8, generator=g) for c in centres])
+    picks = greedy_coreset(x, 4)
+    assert sorted((picks // 200).tolist()) == [0, 1, 2, 3]  # one pick in each of the four clusters
+    # so every point's nearest kept patch is one of its own cluster
+    nearest = torch.cdist(x, x[picks]).argmin(1)
+    assert torch.equal(picks[nearest] // 200, torch.arange(800) // 200)
+
+
+def test_distance_is_the_nearest_patch_distance():
+    g = torch.Generator().manual_seed(1)
+    bank = MemoryBank(5)
+    bank.patches = torch.randn(37, 5, generator=g)
+    emb = torch.randn(2, 5, 3, 4, generator=g)
+    got = bank.distance(emb)
+    want = torch.cdist(emb.flatten(2).transpose(1, 2), bank.patches).min(-1).values.view(2, 1, 3, 4)
+    assert got.shape == (2, 1, 3, 4)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_config_refuses_bad_shares_and_tiling():
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="memory_bank"):
+            preset("offline", memory_bank=bad)
+    with pytest.raises(ConfigError, match="memory_bank"):
+        preset("offline", memory_bank=0.01, tile=256)
+
+
+@pytest.fixture(scope="module")
+def bank_run(texture_set, tmp_path_factory):
+    """`rd2t train --memory-bank 0.05` on the small texture set: (trained model, its checkpoint, folder)."""
+    from rd2t.cli import main
+
+    out = tmp_path_factory.mktemp("bank") / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
+    assert main([*args, "--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]) == 0
+    model, ckpt = load_model(out / "model.pt")
+    return model, ckpt, out
+
+
+def _inputs(paths) -> torch.Tensor:
+    return to_model_input(torch.stack([to_uint8_tensor(load_image(p), SIZE) for p in paths]))
+
+
+def test_training_keeps_the_share_and_zscores_the_held_out_maps(bank_run):
+    model, ckpt, _ = bank_run
+    bank = model.memory_bank
+    n_train = 24 - 2  # val_fraction 0.1 of 24 good images holds out 2
+    patches = n_train * (SIZE // 8) ** 2
+    assert len(bank.patches) == round(0.05 * patches)
+    assert bank.patches.shape[1] == sum(model.teachers[0].channels[1:3])
+    # On the held-out images each z-scored term has pixel mean 0 and std 1: what the training step promised.
+    with torch.no_grad():
+        x = _inputs(ckpt.val_files)
+        feats = model.teacher_features(x)
+        maps = model.term_maps(feats, model.reconstruct(feats), (SIZE, SIZE))
+    assert len(maps) == 2
+    m_s, s_s, m_k, s_k = bank.zscore.tolist()
+    for m, mean, std in ((maps[0], m_s, s_s), (maps[1], m_k, s_k)):
+        z = (m.double() - mean) / std
+        assert abs(float(z.mean())) < 1e-3 and abs(float(z.std(unbiased=False)) - 1) < 1e-3
+    # The model's map is their sum, and the threshold was calibrated on that map.
+    with torch.no_grad():
+        scores, amap = model(x)
+    torch.testing.assert_close(amap, bank.combine(*maps)[:, 0])
+    assert ckpt.calibration.scores == pytest.approx(scores.tolist(), rel=1e-4, abs=1e-4)
+
+
+def test_knn_term_is_higher_on_a_defect_than_on_good_texture(bank_run, texture_set):
+    model = bank_run[0]
+    x = _inputs(sorted((texture_set / "test/stain").glob("*.png")))
+    masks = [
+        torch.from_numpy(load_mask(p, (SIZE, SIZE)))
+        for p in sorted((texture_set / "ground_truth/stain").glob("*.png"))
+    ]
+    with torch.no_grad():
+        feats = model.teacher_features(x)
+        knn = model.term_maps(feats, model.reconstruct(feats), (SIZE, SIZE))[1][:, 0]
+    inside = torch.cat([k[m] for k, m in zip(knn, masks, strict=True)]).mean()
+    outside = torch.cat([k[~m] for k, m in zip(knn, masks, strict=True)]).mean()
+    assert inside > outside
+
+
+def test_bank_survives_save_load_and_onnx_export(bank_run, tmp_path):
+    model, ckpt, out = bank_run
+    assert model.config.memory_bank == 0.05 and model.memory_bank.fitted
+    # a fresh model of the same config starts with an empty bank; loading gives it the stored one
+    fresh = RD2T(ckpt.config, pretrained=False)
+    assert not fresh.memory_bank.fitted
+    fresh.load_state_dict(ckpt.weights)
+    torch.testing.assert_close(fresh.memory_bank.patches, model.memory_bank.patches)
+    x = _inputs(ckpt.val_files)
+    with torch.no_grad():
+        want_s, want_m = model(x)
+        got_s, got_m = fresh.eval()(x)
+    torch.testing.assert_close(got_m, want_m)
+    onnx_path = export_onnx(out / "model.pt", tmp_path / "bank.onnx")
+    o_scores, o_maps = OnnxDetector(onnx_path).predict(x.numpy())
+    assert np.abs(o_maps - want_m.numpy()).max() <= 1e-3
+    assert np.abs(o_scores - want_s.numpy()).max() <= 1e-3
+
+
+def test_patch_embedding_is_stride_8_with_both_levels():
+    f = [torch.zeros(1, 4, 16, 16), torch.ones(1, 6, 8, 8), torch.ones(1, 10, 4, 4)]
+    e = patch_embedding(f)
+    assert e.shape == (1, 16, 8, 8)
