@@ -166,3 +166,18 @@ def test_threshold_rules_and_validation_split():
     train_p, val_p = split_validation(paths, 0.1, seed=0)
     assert len(val_p) == 2 and not set(train_p) & set(val_p)
     assert split_validation(paths, 0.1, seed=0) == (train_p, val_p)
+
+
+def test_too_few_held_out_images_warn_that_the_threshold_is_a_guess(capsys):
+    from rd2t.model.network import RD2T
+    from rd2t.training.loop import FEW_CALIBRATION_IMAGES, calibrate
+
+    torch.manual_seed(0)
+    model = RD2T(preset("offline", image_size=32, pretrained=False)).eval()
+    images = torch.randint(0, 256, (FEW_CALIBRATION_IMAGES, 3, 32, 32), dtype=torch.uint8)
+    few = calibrate(model, images[:3], "mean+3std", "validation")
+    assert len(few.scores) == 3
+    assert "only 3 held-out good image(s)" in capsys.readouterr().err
+    enough = calibrate(model, images, "mean+3std", "validation")
+    assert len(enough.scores) == FEW_CALIBRATION_IMAGES
+    assert "warning" not in capsys.readouterr().err
