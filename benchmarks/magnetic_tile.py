@@ -40,13 +40,12 @@ from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import model_from
 from rd2t.model.memory_bank import MemoryBank, patch_embedding
 
+SIZE = 256
+
 
 def embed(feats) -> torch.Tensor:
     """(B, P, C): the memory bank's patches (teacher 0, stride 8 + 16, 3x3-averaged, as PatchCore)."""
     return patch_embedding(feats[0]).flatten(2).transpose(1, 2)
-
-
-SIZE = 256
 
 
 def _norm_map(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -92,12 +91,10 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor) 
 
 
 def knn(emb: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    out = []
-    b2 = bank.pow(2).sum(1)
-    for e in emb:  # |e|^2 + |b|^2 - 2 e.b: one matmul, as an ONNX graph would do it
-        d2 = e.pow(2).sum(1, keepdim=True) + b2 - 2 * e @ bank.T
-        out.append(d2.min(1).values.clamp_min(0).sqrt())
-    return torch.stack(out)
+    """(N, P, C) -> (N, P): the product's nearest-patch distance (MemoryBank.distance), per image."""
+    mb = MemoryBank(bank.shape[1])
+    mb.patches = bank
+    return torch.cat([mb.distance(e.T.reshape(1, e.shape[1], e.shape[0], 1)).flatten(1) for e in emb])
 
 
 def scores_of(maps: torch.Tensor, how: str) -> np.ndarray:

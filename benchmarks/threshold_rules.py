@@ -16,7 +16,6 @@ import numpy as np
 from rd2t.calibration import threshold_from_scores
 from rd2t.data.datasets import open_dataset
 from rd2t.inference.predictor import Predictor
-from rd2t.model.checkpoint import Checkpoint
 
 RULES = ("max", "mean+3std", "mean+2std", "quantile:0.99", "quantile:0.95", "quantile:0.9")
 
@@ -29,9 +28,9 @@ def main() -> None:
     ap.add_argument("--category", default=".")
     ap.add_argument("--json")
     a = ap.parse_args()
-    val = np.array(Checkpoint.load(a.model).calibration.scores)
-    split = open_dataset(a.dataset, a.data, a.category)
     predictor = Predictor.open(a.model)
+    val = np.array(predictor.calibration.scores)
+    split = open_dataset(a.dataset, a.data, a.category)
     scores = np.array([p.score for p in predictor.predict([s.path for s in split.test], batch_size=16)])
     labels = np.array([s.label for s in split.test], dtype=bool)
     rows = []
