@@ -1,7 +1,6 @@
 """One config object: every field settable from a file or the command line, checked before any work."""
 
 import json
-import time
 
 import pytest
 
@@ -70,11 +69,9 @@ def test_read_config_file_names_a_missing_file(tmp_path):
     ],
 )
 def test_train_refuses_bad_settings_before_reading_any_image(tmp_path, capsys, args, expected):
-    t0 = time.perf_counter()
     rc = main(["train", str(tmp_path / "no_such_data"), "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
     assert rc == 2 and expected in err and "no_such_data" not in err, err
-    assert time.perf_counter() - t0 < 5
     assert not (tmp_path / "o").exists()
 
 

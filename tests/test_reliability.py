@@ -292,10 +292,9 @@ def no_work(monkeypatch):
 def test_bad_training_options_fail_at_once_before_any_image_is_read(
     option, value, named, trained_cli_model, texture_set, tmp_path, capsys, no_work
 ):
-    t0 = time.perf_counter()
+    # no_work fails the test if an image is read or a model loaded (a time bound broke on a loaded CI)
     rc, out, err = _run(capsys, "train", texture_set, "--out", tmp_path / "run", option, value)
-    elapsed = time.perf_counter() - t0
-    assert rc == 2 and elapsed < 1.0, (rc, elapsed, err)
+    assert rc == 2, (rc, err)
     (line,) = err.strip().splitlines()
     assert line.startswith("error:") and named in line
     assert not (tmp_path / "run").exists()  # nothing was started
@@ -307,9 +306,8 @@ def test_resume_with_another_image_size_names_the_conflict(
     run = tmp_path / "run"
     shutil.copytree(trained_cli_model.parent, run)
     before = (run / "last.pt").read_bytes()
-    t0 = time.perf_counter()
     rc, _, err = _run(capsys, "train", texture_set, "--out", run, "--resume", "--image-size", "96")
-    assert rc == 2 and time.perf_counter() - t0 < 3.0  # reading last.pt is all it does
+    assert rc == 2  # no_work proves that reading last.pt is all it did
     (line,) = err.strip().splitlines()
     assert "image_size" in line and "64" in line and "96" in line
     assert (run / "last.pt").read_bytes() == before
