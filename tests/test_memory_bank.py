@@ -13,6 +13,7 @@ from rd2t.inference.onnx_runtime import OnnxDetector
 from rd2t.model.loading import load_model
 from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
 from rd2t.model.network import RD2T
+from rd2t.training.loop import choose_bank_share
 
 SIZE = 64
 
@@ -45,16 +46,20 @@ def test_config_refuses_bad_shares_and_tiling():
             preset("offline", memory_bank=bad)
     with pytest.raises(ConfigError, match="memory_bank"):
         preset("offline", memory_bank=0.01, tile=256)
+    for bad in (-0.5, 1.1):
+        with pytest.raises(ConfigError, match="bank_weight"):
+            preset("offline", memory_bank=0.01, bank_weight=bad)
 
 
 @pytest.fixture(scope="module")
 def bank_run(texture_set, tmp_path_factory):
-    """`rd2t train --memory-bank 0.05` on the small texture set: (trained model, its checkpoint, folder)."""
+    """`rd2t train --memory-bank 0.05`, plain sum, on the small texture set: (model, checkpoint, folder)."""
     from rd2t.cli import main
 
     out = tmp_path_factory.mktemp("bank") / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
-    assert main([*args, "--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]) == 0
+    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--set", "bank_weight=0.5"]
+    assert main(args) == 0
     model, ckpt = load_model(out / "model.pt")
     return model, ckpt, out
 
@@ -125,3 +130,71 @@ def test_patch_embedding_is_stride_8_with_both_levels():
     f = [torch.zeros(1, 4, 16, 16), torch.ones(1, 6, 8, 8), torch.ones(1, 10, 4, 4)]
     e = patch_embedding(f)
     assert e.shape == (1, 16, 8, 8)
+
+
+def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tensor, ...]:
+    """Raw term maps of n good and n painted images where only one term sees the paint."""
+    g = torch.Generator().manual_seed(3)
+    good = torch.randn(n, 2, size, size, generator=g)
+    bad = torch.randn(n, 2, size, size, generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    masks[:, 8:16, 8:16] = True
+    bad[:, 1 if signal_in_knn else 0][masks] += 1.5  # mixing in the other term's noise only blurs it
+    return good, bad, masks
+
+
+@pytest.mark.parametrize("signal_in_knn", [True, False])
+def test_share_follows_the_term_that_sees_the_pseudo_defects(signal_in_knn):
+    good, bad, masks = _terms(signal_in_knn)
+    share, table = choose_bank_share(good, bad, masks, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    assert [w for w, _, _ in table] == pytest.approx([i / 10 for i in range(11)])
+    assert (share >= 0.8) if signal_in_knn else (share <= 0.2)
+    best = max((i + p) / 2 for _, i, p in table)
+    worst_end = table[0] if signal_in_knn else table[-1]  # the term that is blind to the paint, alone
+    assert best > (worst_end[1] + worst_end[2]) / 2 + 0.1
+
+
+def test_share_zero_drops_the_bank_and_scores_the_students_map(bank_run):
+    model, ckpt, _ = bank_run
+    fresh = RD2T(ckpt.config, pretrained=False).eval()
+    fresh.load_state_dict(ckpt.weights)
+    x = _inputs(ckpt.val_files)
+    with torch.no_grad():
+        feats = fresh.teacher_features(x)
+        student = fresh.term_maps(feats, fresh.reconstruct(feats), (SIZE, SIZE))[0]
+        fresh.memory_bank.set_share(0.0)
+        _, amap = fresh(x)
+    assert not fresh.memory_bank.fitted and len(fresh.memory_bank.patches) == 0
+    torch.testing.assert_close(amap, student[:, 0])
+    # and the checkpoint of such a model loads as one without a bank
+    again = RD2T(ckpt.config, pretrained=False)
+    again.load_state_dict(fresh.state_dict())
+    assert not again.memory_bank.fitted
+
+
+def test_bank_saved_before_weights_existed_loads_as_the_plain_sum(bank_run):
+    model, ckpt, _ = bank_run
+    old = {k: v for k, v in ckpt.weights.items() if k != "memory_bank.weights"}
+    fresh = RD2T(ckpt.config, pretrained=False)
+    fresh.memory_bank.set_share(0.9)
+    fresh.load_state_dict(old)
+    assert fresh.memory_bank.weights.tolist() == [1.0, 1.0]
+
+
+def test_training_chooses_the_share_on_pseudo_defects(texture_set, tmp_path, capfd):
+    from rd2t.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
+    assert main([*args, "--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]) == 0
+    err = capfd.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("memory bank: kNN share")]
+    share = float(line.split()[4])
+    assert "48 pseudo-defects painted on 2 held-out good images" in line
+    model, ckpt = load_model(out / "model.pt")
+    assert model.config.bank_weight == -1  # the request; the choice is in the weights
+    assert model.memory_bank.weights.tolist() == pytest.approx([2 * (1 - share), 2 * share])
+    assert model.memory_bank.fitted == (share > 0)
+    with torch.no_grad():
+        scores, _ = model(_inputs(ckpt.val_files))
+    assert ckpt.calibration.scores == pytest.approx(scores.tolist(), rel=1e-4, abs=1e-4)

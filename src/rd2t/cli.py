@@ -126,6 +126,10 @@ def train(
         float | None,
         typer.Option(help="Share of training patches kept for a nearest-neighbour term, e.g. 0.01; 0 = off."),
     ] = None,
+    bank_weight: Annotated[
+        float | None,
+        typer.Option(help="That term's share of the map, 0..1; -1 = chosen on pseudo-defects (default)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
     sets: Sets = None,
@@ -161,6 +165,7 @@ def train(
         stride=stride,
         scale=scale,
         memory_bank=memory_bank,
+        bank_weight=bank_weight,
         seed=seed,
         device=device,
     )

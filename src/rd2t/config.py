@@ -52,6 +52,7 @@ class Config:
     scale: float = _f(1.0, MODEL, "resize factor applied before tiling, 0 < scale <= 1")
     # Nearest-neighbour term on the first teacher's patches, added to the map (model/memory_bank.py).
     memory_bank: float = _f(0.0, MODEL, "share of training patches kept for a kNN term, 0 <= f <= 1; 0 = off")
+    bank_weight: float = _f(-1.0, MODEL, "kNN term's share of the map, 0..1; -1 = chosen on pseudo-defects")
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -118,6 +119,9 @@ class Config:
             bad("scale", "a number with 0 < scale <= 1")
         if not (isinstance(self.memory_bank, (int, float)) and 0 <= self.memory_bank <= 1):
             bad("memory_bank", "a number with 0 <= f <= 1 (0 = off)")
+        weight = self.bank_weight
+        if not (isinstance(weight, (int, float)) and (0 <= weight <= 1 or weight == -1)):
+            bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
         if self.memory_bank and self.tile:
             bad("memory_bank", "0 for tiled models (the memory bank is not wired into tiling yet)")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):

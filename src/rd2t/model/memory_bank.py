@@ -5,7 +5,8 @@ low-contrast change that the student rebuilds well (magnetic tile's "uneven") st
 teacher's features themselves still differ from every defect-free training patch; PatchCore scores exactly
 that. `memory_bank > 0` keeps that share of the training patches (greedy k-center coreset, PatchCore's
 selection) and adds the distance to the nearest kept patch to the map. Both terms are z-scored by their
-pixel mean and spread on held-out good images (nothing from defective images) and summed.
+pixel mean and spread on held-out good images (nothing from defective images) and summed with weights
+that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_weight).
 
 Everything stays inside `RD2T.forward`: torch, ONNX Runtime and OpenVINO score it the same way.
 """
@@ -54,6 +55,8 @@ class MemoryBank(nn.Module):
         self.register_buffer("patches", torch.zeros(0, channels))
         # (student mean, student std, knn mean, knn std) over good held-out pixels
         self.register_buffer("zscore", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        # (student weight, knn weight): 2(1 - w), 2w for the kNN share w, so w = 0.5 is the plain sum
+        self.register_buffer("weights", torch.tensor([1.0, 1.0]))
         self.fitted = False  # a plain flag, not a tensor test: the ONNX trace keeps it as a constant
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -62,6 +65,7 @@ class MemoryBank(nn.Module):
         if stored is not None:
             self.patches = torch.zeros_like(stored, device=self.patches.device)
             self.fitted = stored.shape[0] > 0
+        state_dict.setdefault(prefix + "weights", torch.ones(2))  # saved before the weights: the plain sum
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -84,5 +88,12 @@ class MemoryBank(nn.Module):
         return d2.amin(-1).clamp_min(0).sqrt().view(b, 1, h, w)
 
     def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> torch.Tensor:
-        z = self.zscore
-        return (student_map - z[0]) / z[1] + (knn_map - z[2]) / z[3]
+        z, w = self.zscore, self.weights
+        return w[0] * (student_map - z[0]) / z[1] + w[1] * (knn_map - z[2]) / z[3]
+
+    def set_share(self, knn_share: float) -> None:
+        """Weigh the kNN term by `knn_share`, the student's by the rest; 0 drops the bank (saves its time)."""
+        self.weights.copy_(torch.tensor([2 * (1 - knn_share), 2 * knn_share]))
+        if knn_share == 0:
+            self.patches = self.patches[:0]
+            self.fitted = False

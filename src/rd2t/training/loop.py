@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rd2t.calibration import Calibration, map_range_from, threshold_from_scores
 from rd2t.config import Config
+from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import CheckpointError, ConfigError, InputError, RD2TError
 from rd2t.files import check_writable
@@ -138,7 +140,8 @@ def calibrate(
 def fit_memory_bank(
     model: RD2T, images: torch.Tensor, held_out: torch.Tensor, cache: FeatureCache | None, batch_size: int
 ) -> None:
-    """Keep a coreset of the training patches, then z-score both map terms on held-out good images."""
+    """Keep a coreset of the training patches, z-score both map terms on held-out good images, then weigh
+    them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images)."""
     model.eval()
     device = next(model.parameters()).device
 
@@ -152,17 +155,68 @@ def fit_memory_bank(
         e = patch_embedding(feats[0])
         chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
     model.memory_bank.fit(torch.cat(chunks), model.config.memory_bank, model.config.seed)
-    # Pixel mean and std of each term over the held-out images, accumulated in float64.
-    sums = torch.zeros(2, 3, dtype=torch.float64)
-    for start in range(0, len(held_out), batch_size):
-        feats = features_of(held_out[start : start + batch_size])
-        maps = model.term_maps(feats, model.reconstruct(feats), tuple(held_out.shape[-2:]))
-        for k, m in enumerate(maps):
-            m = m.double().cpu()
-            sums[k] += torch.stack([torch.tensor(float(m.numel())), m.sum(), m.pow(2).sum()])
-    mean = sums[:, 1] / sums[:, 0]
-    std = (sums[:, 2] / sums[:, 0] - mean**2).clamp_min(1e-12).sqrt()
+
+    def terms_of(batches: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) term maps, on the CPU
+        out = []
+        for start in range(0, len(batches), batch_size):
+            feats = features_of(batches[start : start + batch_size])
+            maps = model.term_maps(feats, model.reconstruct(feats), tuple(batches.shape[-2:]))
+            out.append(torch.cat(maps, 1))
+        return torch.cat(out).cpu()
+
+    # Pixel mean and std of each term over the held-out images (in float64: millions of pixels).
+    good = terms_of(held_out)
+    mean, std = (f(good.double().transpose(0, 1).flatten(1), 1) for f in (torch.mean, torch.std))
     model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
+
+    share = model.config.bank_weight
+    if share < 0:
+        painted, masks = paint_pseudo_defects(
+            held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=model.config.seed
+        )
+        bad = terms_of(painted)
+        share, table = choose_bank_share(good, bad, masks, model.memory_bank.zscore)
+        print(
+            f"memory bank: kNN share {share:.1f} of the map, chosen on {len(bad)} pseudo-defects painted on "
+            f"{len(good)} held-out good images (image / pixel AUROC: "
+            + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}" for w, i, p in table)
+            + ")",
+            file=sys.stderr,
+        )
+    model.memory_bank.set_share(share)
+
+
+BANK_SHARES = tuple(i / 10 for i in range(11))
+PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
+
+
+def choose_bank_share(
+    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor, zscore: torch.Tensor
+) -> tuple[float, list[tuple[float, float, float]]]:
+    """The kNN term's share w of the map (1 - w for the student's) that best tells the painted images from
+    the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the raw term maps; masks (B, H, W) the paint.
+
+    The criterion is the mean of image AUROC (map maximum) and pixel AUROC (every pixel of both sets, at
+    1/4 resolution: ranks need no more), or pixel AUROC alone under FEW_CALIBRATION_IMAGES good images
+    (an image AUROC over 3 good maxima is too coarse to choose with). On ties the smaller share: at 0 the
+    bank is dropped, and its cost with it. Returns the share and (w, image AUROC, pixel AUROC) per share."""
+    from sklearn.metrics import roc_auc_score
+
+    z = zscore.view(2, 2)
+    maps = torch.cat([good, bad]).float()
+    maps = (maps - z[:, 0].view(1, 2, 1, 1)) / z[:, 1].view(1, 2, 1, 1)
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
+    truth = (F.avg_pool2d(truth, 4) > 0.5).flatten().numpy()
+    table = []
+    for w in BANK_SHARES:
+        amap = (1 - w) * maps[:, :1] + w * maps[:, 1:]
+        image = roc_auc_score(labels, amap.flatten(1).amax(1).numpy())
+        pixel = roc_auc_score(truth, F.avg_pool2d(amap, 4).flatten().numpy())
+        table.append((w, float(image), float(pixel)))
+    use_image = len(good) >= FEW_CALIBRATION_IMAGES
+    best = max(table, key=lambda r: (round((r[1] + r[2]) / 2 if use_image else r[2], 4), -r[0]))
+    return best[0], table
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
