@@ -147,11 +147,11 @@ def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tens
 def test_share_follows_the_term_that_sees_the_pseudo_defects(signal_in_knn):
     good, bad, masks = _terms(signal_in_knn)
     share, table = choose_bank_share(good, bad, masks, torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    assert [w for w, _, _ in table] == pytest.approx([i / 10 for i in range(11)])
+    assert [row[0] for row in table] == pytest.approx([i / 10 for i in range(11)])
     assert (share >= 0.8) if signal_in_knn else (share <= 0.2)
-    best = max((i + p) / 2 for _, i, p in table)
-    worst_end = table[0] if signal_in_knn else table[-1]  # the term that is blind to the paint, alone
-    assert best > (worst_end[1] + worst_end[2]) / 2 + 0.1
+    best = max(np.mean(row[1:]) for row in table)
+    blind = table[0] if signal_in_knn else table[-1]  # the term that does not see the paint, alone
+    assert best > np.mean(blind[1:]) + 0.1
 
 
 def test_share_zero_drops_the_bank_and_scores_the_students_map(bank_run):

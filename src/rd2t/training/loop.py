@@ -178,8 +178,8 @@ def fit_memory_bank(
         share, table = choose_bank_share(good, bad, masks, model.memory_bank.zscore)
         print(
             f"memory bank: kNN share {share:.1f} of the map, chosen on {len(bad)} pseudo-defects painted on "
-            f"{len(good)} held-out good images (image / pixel AUROC: "
-            + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}" for w, i, p in table)
+            f"{len(good)} held-out good images (image AUROC / pixel AUROC / AU-PRO: "
+            + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table)
             + ")",
             file=sys.stderr,
         )
@@ -192,30 +192,32 @@ PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
 
 def choose_bank_share(
     good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor, zscore: torch.Tensor
-) -> tuple[float, list[tuple[float, float, float]]]:
+) -> tuple[float, list[tuple[float, float, float, float]]]:
     """The kNN term's share w of the map (1 - w for the student's) that best tells the painted images from
     the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the raw term maps; masks (B, H, W) the paint.
 
-    The criterion is the mean of image AUROC (map maximum) and pixel AUROC (every pixel of both sets, at
-    1/4 resolution: ranks need no more), or pixel AUROC alone under FEW_CALIBRATION_IMAGES good images
-    (an image AUROC over 3 good maxima is too coarse to choose with). On ties the smaller share: at 0 the
-    bank is dropped, and its cost with it. Returns the share and (w, image AUROC, pixel AUROC) per share."""
-    from sklearn.metrics import roc_auc_score
+    The criterion mirrors the three figures a user is shown: the mean of image AUROC (map maximum), pixel
+    AUROC and AU-PRO, all on the maps at 1/4 resolution (ranks need no more); image AUROC is left out under
+    FEW_CALIBRATION_IMAGES good images (3 good maxima are too coarse to choose with). On ties the smaller
+    share: at 0 the bank is dropped, and its cost with it. Returns the share and, per share, (w, image
+    AUROC, pixel AUROC, AU-PRO)."""
+    # The metric functions are evaluation's, pure numpy/scipy/sklearn; evaluation never imports training.
+    from rd2t.evaluation.metrics import image_auroc, pixel_metrics
 
     z = zscore.view(2, 2)
-    maps = torch.cat([good, bad]).float()
+    maps = F.avg_pool2d(torch.cat([good, bad]).float(), 4)
     maps = (maps - z[:, 0].view(1, 2, 1, 1)) / z[:, 1].view(1, 2, 1, 1)
-    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    labels = [0] * len(good) + [1] * len(bad)
     truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
-    truth = (F.avg_pool2d(truth, 4) > 0.5).flatten().numpy()
+    truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
     table = []
     for w in BANK_SHARES:
-        amap = (1 - w) * maps[:, :1] + w * maps[:, 1:]
-        image = roc_auc_score(labels, amap.flatten(1).amax(1).numpy())
-        pixel = roc_auc_score(truth, F.avg_pool2d(amap, 4).flatten().numpy())
-        table.append((w, float(image), float(pixel)))
-    use_image = len(good) >= FEW_CALIBRATION_IMAGES
-    best = max(table, key=lambda r: (round((r[1] + r[2]) / 2 if use_image else r[2], 4), -r[0]))
+        amap = ((1 - w) * maps[:, 0] + w * maps[:, 1]).numpy()
+        pixel = pixel_metrics(truth, list(amap))
+        image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
+        table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
+    first = 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2
+    best = max(table, key=lambda r: (round(float(np.mean(r[first:])), 4), -r[0]))
     return best[0], table
 
 
