@@ -181,3 +181,32 @@ def test_too_few_held_out_images_warn_that_the_threshold_is_a_guess(capsys):
     enough = calibrate(model, images, "mean+3std", "validation")
     assert len(enough.scores) == FEW_CALIBRATION_IMAGES
     assert "warning" not in capsys.readouterr().err
+
+
+def test_mvtec_ad2_validation_good_sets_the_threshold(texture_set, tmp_path, capsys):
+    """MVTec AD 2 ships its own held-out good images: `rd2t train` calibrates on them instead of holding out
+    a share of train/good (which it then trains on in full)."""
+    import shutil
+
+    from rd2t.cli import main
+
+    base = tmp_path / "ad2" / "stripes"
+    train_dir, val_dir = base / "train/good", base / "validation/good"
+    shutil.copytree(texture_set / "train/good", train_dir)
+    val_dir.mkdir(parents=True)
+    for p in sorted(train_dir.glob("*.png"))[:4]:  # 4 of the 24 move to validation/good
+        shutil.move(p, val_dir / p.name)
+    shutil.copytree(texture_set / "test/good", base / "test_public/good")
+    shutil.copytree(texture_set / "test/stain", base / "test_public/bad")
+    gt = base / "test_public/ground_truth/bad"
+    shutil.copytree(texture_set / "ground_truth/stain", gt)
+    out = tmp_path / "run"
+    args = ["train", str(tmp_path / "ad2"), "--dataset", "mvtec_ad2", "--category", "stripes"]
+    args += ["--out", str(out)]
+    args += ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--device", "cpu"]
+    assert main(args) == 0
+    assert "of 4 validation scores" in capsys.readouterr().out
+    ckpt = Checkpoint.load(out / "model.pt")
+    assert sorted(map(str, ckpt.val_files)) == sorted(str(p) for p in val_dir.glob("*.png"))
+    assert sorted(map(str, ckpt.train_files)) == sorted(str(p) for p in train_dir.glob("*.png"))  # all 20
+    assert len(ckpt.calibration.scores) == 4

@@ -84,13 +84,15 @@ class Detector:
     def fit(
         self, data, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True
     ) -> Detector:
-        """Train on good images (folder, dataset root, Split or list of paths); under torchrun, with DDP."""
+        """Train on good images (folder, dataset root, Split or list of paths); under torchrun, with DDP.
+        A Split's own held-out good images (MVTec AD 2's validation/good) calibrate the threshold."""
         from rd2t.training.launcher import maybe_distributed_train
 
         out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rd2t-"))
         check_writable(out)
+        held_out = [s.path for s in data.validation] if isinstance(data, Split) else None
         result = maybe_distributed_train(
-            self.config, training_images(data), out, resume=resume, progress=progress
+            self.config, training_images(data), out, resume=resume, progress=progress, held_out=held_out
         )
         if result is None:  # a non-zero rank of a distributed run
             return self

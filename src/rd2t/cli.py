@@ -170,10 +170,10 @@ def train(
         device=device,
     )
     check_writable(out)
-    images = [s.path for s in _split(data, dataset, category).train]
+    split = _split(data, dataset, category)  # with the layout's own validation/good, if it has one
     t0 = time.time()
     try:
-        det = Detector(cfg).fit(images, out, resume=resume)
+        det = Detector(cfg).fit(split, out, resume=resume)
     except KeyboardInterrupt:  # SIGINT/SIGTERM: the loop finished its step and wrote last.pt
         typer.echo(f"interrupted: progress saved to {out / 'last.pt'}; rerun with --resume", err=True)
         raise typer.Exit(130) from None

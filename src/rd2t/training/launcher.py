@@ -15,12 +15,18 @@ def world_size() -> int:
 
 
 def maybe_distributed_train(
-    config: Config, images: list[Path], out_dir: Path, *, resume: bool = False, progress: bool = True
+    config: Config,
+    images: list[Path],
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    held_out: list[Path] | None = None,
 ) -> TrainResult | None:
     """Plain training, or DDP when launched by torchrun (WORLD_SIZE > 1); None on ranks other than 0."""
     if world_size() <= 1:
-        return train(config, images, out_dir, resume=resume, progress=progress)
-    return train_distributed(config, images, out_dir, resume=resume, progress=progress)
+        return train(config, images, out_dir, resume=resume, progress=progress, held_out=held_out)
+    return train_distributed(config, images, out_dir, resume=resume, progress=progress, held_out=held_out)
 
 
 def train_distributed(
@@ -30,10 +36,11 @@ def train_distributed(
     *,
     resume: bool = False,
     progress: bool = True,
+    held_out: list[Path] | None = None,
 ) -> TrainResult | None:
     """`train` as one process of a torchrun launch: joins the process group (NCCL on GPUs, gloo on CPU),
     trains with DDP, leaves the group (always). The result on rank 0, None on the other ranks."""
     with ddp.process_group(config.device) as rank:
-        result = train(config, good_images, out_dir, resume=resume, progress=progress)
+        result = train(config, good_images, out_dir, resume=resume, progress=progress, held_out=held_out)
     ddp.local_batchnorm(result.model)  # plain BatchNorm2d again, as from a single-process run
     return result if rank == 0 else None

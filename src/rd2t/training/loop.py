@@ -296,8 +296,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    held_out: list[Path] | None = None,
 ) -> TrainResult:
     """Train on defect-free images; writes out_dir/last.pt every epoch and out_dir/model.pt at the end.
+
+    The threshold comes from `held_out` good images when given (a dataset's own validation/good, as MVTec
+    AD 2 has); otherwise `config.val_fraction` of `good_images` is held out for it.
 
     `stop_after` ends the run after that many epochs *of this call* (as an interruption would); the
     checkpoint then says incomplete and `resume=True` continues it.
@@ -328,6 +332,8 @@ def train(
         )
         start_epoch, history = state.epoch, list(state.history)
         train_paths, val_paths = [Path(p) for p in state.train_files], [Path(p) for p in state.val_files]
+    elif held_out:
+        train_paths, val_paths = list(good_images), list(held_out)
     else:
         train_paths, val_paths = split_validation(list(good_images), config.val_fraction, config.seed)
 
