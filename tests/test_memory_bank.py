@@ -133,7 +133,7 @@ def test_patch_embedding_is_stride_8_with_both_levels():
 
 
 def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tensor, ...]:
-    """Raw term maps of n good and n painted images where only one term sees the paint."""
+    """Z-scored term maps of n good and n painted images where only one term sees the paint."""
     g = torch.Generator().manual_seed(3)
     good = torch.randn(n, 2, size, size, generator=g)
     bad = torch.randn(n, 2, size, size, generator=g)
@@ -146,7 +146,7 @@ def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tens
 @pytest.mark.parametrize("signal_in_knn", [True, False])
 def test_share_follows_the_term_that_sees_the_pseudo_defects(signal_in_knn):
     good, bad, masks = _terms(signal_in_knn)
-    share, table = choose_bank_share(good, bad, masks, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    share, table = choose_bank_share(good, bad, masks)
     assert [row[0] for row in table] == pytest.approx([i / 10 for i in range(11)])
     assert (share >= 0.8) if signal_in_knn else (share <= 0.2)
     best = max(np.mean(row[1:]) for row in table)

@@ -6,7 +6,7 @@ teacher's features themselves still differ from every defect-free training patch
 that. `memory_bank > 0` keeps that share of the training patches (greedy k-center coreset, PatchCore's
 selection) and adds the distance to the nearest kept patch to the map. Both terms are z-scored by their
 pixel mean and spread on held-out good images (nothing from defective images) and summed with weights
-that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_weight).
+that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_share).
 
 Everything stays inside `RD2T.forward`: torch, ONNX Runtime and OpenVINO score it the same way.
 """
@@ -87,9 +87,14 @@ class MemoryBank(nn.Module):
         d2 = e.pow(2).sum(-1, keepdim=True) + self.patches.pow(2).sum(-1) - 2 * e @ self.patches.T
         return d2.amin(-1).clamp_min(0).sqrt().view(b, 1, h, w)
 
+    def standardise(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Both terms z-scored by their pixel mean and std on the held-out good images."""
+        z = self.zscore
+        return (student_map - z[0]) / z[1], (knn_map - z[2]) / z[3]
+
     def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> torch.Tensor:
-        z, w = self.zscore, self.weights
-        return w[0] * (student_map - z[0]) / z[1] + w[1] * (knn_map - z[2]) / z[3]
+        student, knn = self.standardise(student_map, knn_map)
+        return self.weights[0] * student + self.weights[1] * knn
 
     def set_share(self, knn_share: float) -> None:
         """Weigh the kNN term by `knn_share`, the student's by the rest; 0 drops the bank (saves its time)."""

@@ -175,7 +175,11 @@ def fit_memory_bank(
             held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=model.config.seed
         )
         bad = terms_of(painted)
-        share, table = choose_bank_share(good, bad, masks, model.memory_bank.zscore)
+
+        def zscored(terms: torch.Tensor) -> torch.Tensor:
+            return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
+
+        share, table = choose_bank_share(zscored(good), zscored(bad), masks)
         print(
             f"memory bank: kNN share {share:.1f} of the map, chosen on {len(bad)} pseudo-defects painted on "
             f"{len(good)} held-out good images (image AUROC / pixel AUROC / AU-PRO: "
@@ -191,10 +195,11 @@ PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
 
 
 def choose_bank_share(
-    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor, zscore: torch.Tensor
+    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor
 ) -> tuple[float, list[tuple[float, float, float, float]]]:
     """The kNN term's share w of the map (1 - w for the student's) that best tells the painted images from
-    the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the raw term maps; masks (B, H, W) the paint.
+    the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the z-scored term maps (MemoryBank.standardise);
+    masks (B, H, W) the paint.
 
     The criterion mirrors the three figures a user is shown: the mean of image AUROC (map maximum), pixel
     AUROC and AU-PRO, all on the maps at 1/4 resolution (ranks need no more); image AUROC is left out under
@@ -204,9 +209,7 @@ def choose_bank_share(
     # The metric functions are evaluation's, pure numpy/scipy/sklearn; evaluation never imports training.
     from rd2t.evaluation.metrics import image_auroc, pixel_metrics
 
-    z = zscore.view(2, 2)
     maps = F.avg_pool2d(torch.cat([good, bad]).float(), 4)
-    maps = (maps - z[:, 0].view(1, 2, 1, 1)) / z[:, 1].view(1, 2, 1, 1)
     labels = [0] * len(good) + [1] * len(bad)
     truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
     truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
