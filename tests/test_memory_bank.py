@@ -40,12 +40,10 @@ def test_distance_is_the_nearest_patch_distance():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_config_refuses_bad_shares_and_tiling():
+def test_config_refuses_bad_shares():
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="memory_bank"):
             preset("offline", memory_bank=bad)
-    with pytest.raises(ConfigError, match="memory_bank"):
-        preset("offline", memory_bank=0.01, tile=256)
     for bad in (-0.5, 1.1):
         with pytest.raises(ConfigError, match="bank_weight"):
             preset("offline", memory_bank=0.01, bank_weight=bad)
@@ -198,3 +196,41 @@ def test_training_chooses_the_share_on_pseudo_defects(texture_set, tmp_path, cap
     with torch.no_grad():
         scores, _ = model(_inputs(ckpt.val_files))
     assert ckpt.calibration.scores == pytest.approx(scores.tolist(), rel=1e-4, abs=1e-4)
+
+
+def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path):
+    """--memory-bank with --tile: the bank, its z-scores and the threshold all come from tiles, the way the
+    tiled model scores an image, and the ONNX export carries it."""
+    import warnings
+
+    from rd2t.cli import main
+    from rd2t.inference.export import EXPORT_TOLERANCE
+    from rd2t.inference.predictor import Predictor
+    from rd2t.inference.tiling import Tiler
+    from rd2t.training.tiles import load_training_tiles
+
+    out = tmp_path / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--batch-size", "8"]
+    args += ["--tile", "64", "--stride", "48", "--device", "cpu", "--val-fraction", "0.2"]
+    assert main([*args, "--memory-bank", "0.05", "--set", "bank_weight=0.5"]) == 0
+    model, ckpt = load_model(out / "model.pt")
+    tiler = Tiler.of(model.config)
+    train_tiles = load_training_tiles(ckpt.train_files, tiler, False)[0]
+    assert len(model.memory_bank.patches) == round(0.05 * len(train_tiles) * (64 // 8) ** 2)
+    held_tiles = load_training_tiles(ckpt.val_files, tiler, False)[0]
+    with torch.no_grad():
+        feats = model.teacher_features(to_model_input(held_tiles))
+        maps = model.term_maps(feats, model.reconstruct(feats), (64, 64))
+    for term, z in zip(maps, model.memory_bank.standardise(*maps), strict=True):
+        assert abs(float(z.double().mean())) < 1e-3 and abs(float(z.double().std()) - 1) < 1e-3, term.shape
+    torch_p = Predictor.open(out / "model.pt")
+    again = [p.score for p in torch_p.predict(ckpt.val_files)]
+    np.testing.assert_allclose(again, ckpt.calibration.scores, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["export", str(out / "model.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
+    onnx_p = Predictor.open(tmp_path / "m.onnx")
+    image = np.random.default_rng(4).integers(0, 255, (150, 110, 3), dtype=np.uint8)
+    a, b = torch_p.predict_one(image), onnx_p.predict_one(image)
+    scale = max(1.0, float(np.abs(a.model_map).max()))
+    assert np.abs(a.model_map - b.model_map).max() <= EXPORT_TOLERANCE * scale

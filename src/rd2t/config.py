@@ -122,8 +122,6 @@ class Config:
         weight = self.bank_weight
         if not (isinstance(weight, (int, float)) and (0 <= weight <= 1 or weight == -1)):
             bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
-        if self.memory_bank and self.tile:
-            bad("memory_bank", "0 for tiled models (the memory bank is not wired into tiling yet)")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:

@@ -138,10 +138,16 @@ def calibrate(
 
 @torch.no_grad()
 def fit_memory_bank(
-    model: RD2T, images: torch.Tensor, held_out: torch.Tensor, cache: FeatureCache | None, batch_size: int
+    model: RD2T,
+    images: torch.Tensor,
+    held_out: torch.Tensor,
+    cache: FeatureCache | None,
+    batch_size: int,
+    tiled: bool = False,
 ) -> None:
     """Keep a coreset of the training patches, z-score both map terms on held-out good images, then weigh
-    them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images)."""
+    them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images). Tiled models
+    pass tiles for images and held_out: each tile is what the model scores."""
     model.eval()
     device = next(model.parameters()).device
 
@@ -180,9 +186,10 @@ def fit_memory_bank(
             return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
 
         share, table = choose_bank_share(zscored(good), zscored(bad), masks)
+        unit = "tiles" if tiled else "images"
         print(
             f"memory bank: kNN share {share:.1f} of the map, chosen on {len(bad)} pseudo-defects painted on "
-            f"{len(good)} held-out good images (image AUROC / pixel AUROC / AU-PRO: "
+            f"{len(good)} held-out good {unit} (image AUROC / pixel AUROC / AU-PRO: "
             + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table)
             + ")",
             file=sys.stderr,
@@ -452,8 +459,9 @@ def train(
     if rank == 0:
         source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
-        if model.memory_bank is not None:  # untiled only (Config refuses tiling with it)
-            fit_memory_bank(model, images, held_out, cache, config.batch_size)
+        if model.memory_bank is not None:  # tiled: bank, z-scores and share are per tile, as the model scores
+            bank_held_out = held_out if tiler is None else load_training_tiles(held_out, tiler, False)[0]
+            fit_memory_bank(model, images, bank_held_out, cache, config.batch_size, tiled=tiler is not None)
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
