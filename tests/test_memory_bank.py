@@ -70,9 +70,10 @@ def test_training_keeps_the_share_and_zscores_the_held_out_maps(bank_run):
     model, ckpt, _ = bank_run
     bank = model.memory_bank
     n_train = 24 - 2  # val_fraction 0.1 of 24 good images holds out 2
-    patches = n_train * (SIZE // 8) ** 2
+    patches = n_train * (SIZE // 8) ** 2  # the share counts stride-8 patches, whatever the bank's stride
     assert len(bank.patches) == round(0.05 * patches)
-    assert bank.patches.shape[1] == sum(model.teachers[0].channels[1:3])
+    assert model.config.bank_stride == 4  # the default: stride-4 + stride-8 features
+    assert bank.patches.shape[1] == sum(model.teachers[0].channels[0:2])
     # On the held-out images each z-scored term has pixel mean 0 and std 1: what the training step promised.
     with torch.no_grad():
         x = _inputs(ckpt.val_files)
@@ -124,10 +125,36 @@ def test_bank_survives_save_load_and_onnx_export(bank_run, tmp_path):
     assert np.abs(o_scores - want_s.numpy()).max() <= 1e-3
 
 
-def test_patch_embedding_is_stride_8_with_both_levels():
+def test_patch_embedding_takes_its_stride_and_the_next_level_up():
     f = [torch.zeros(1, 4, 16, 16), torch.ones(1, 6, 8, 8), torch.ones(1, 10, 4, 4)]
-    e = patch_embedding(f)
-    assert e.shape == (1, 16, 8, 8)
+    assert patch_embedding(f, stride=8).shape == (1, 16, 8, 8)
+    e = patch_embedding(f, stride=4)
+    assert e.shape == (1, 10, 16, 16)
+    # stride-4 channels first, then the stride-8 ones upsampled (3x3 means, so 1 away from the zero padding)
+    assert float(e[:, :4].abs().max()) == 0 and torch.allclose(e[:, 4:, 4:-4, 4:-4], torch.ones(1, 6, 8, 8))
+
+
+def test_bank_saved_before_bank_stride_existed_loads_as_stride_8(bank_run, tmp_path):
+    """Checkpoints written before `bank_stride` hold a stride-8 bank: they must load and score as one."""
+    from rd2t.model.checkpoint import Checkpoint
+
+    _, ckpt, _ = bank_run
+    old_config = ckpt.config.replace(bank_stride=8)
+    model8 = RD2T(old_config, pretrained=False).eval()
+    state = {k: v for k, v in ckpt.weights.items() if not k.startswith("memory_bank.")}
+    model8.load_state_dict(state, strict=False)
+    g = torch.Generator().manual_seed(5)
+    model8.memory_bank.fit(torch.randn(300, model8.memory_bank.patches.shape[1], generator=g), 0.1)
+    path = tmp_path / "old.pt"
+    Checkpoint(old_config, model8.state_dict(), 2, [], [], [], True, ckpt.calibration).save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["bank_stride"]  # as an older rd2t wrote it
+    torch.save(payload, path)
+    loaded, _ = load_model(path)
+    assert loaded.config.bank_stride == 8
+    x = _inputs(ckpt.val_files)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[1], model8(x)[1])
 
 
 def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tensor, ...]:

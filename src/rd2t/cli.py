@@ -124,7 +124,7 @@ def train(
     scale: Annotated[float | None, typer.Option(help="Resize factor before tiling, 0 < s <= 1.")] = None,
     memory_bank: Annotated[
         float | None,
-        typer.Option(help="Share of training patches kept for a nearest-neighbour term, e.g. 0.01; 0 = off."),
+        typer.Option(help="Patches kept for a nearest-neighbour term (share of stride-8 count), 0 = off."),
     ] = None,
     bank_weight: Annotated[
         float | None,

@@ -51,8 +51,9 @@ class Config:
     stride: int = _f(0, MODEL, "tile step in pixels, 0 < stride <= tile (0 = tile * 3/4)")
     scale: float = _f(1.0, MODEL, "resize factor applied before tiling, 0 < scale <= 1")
     # Nearest-neighbour term on the first teacher's patches, added to the map (model/memory_bank.py).
-    memory_bank: float = _f(0.0, MODEL, "share of training patches kept for a kNN term, 0 <= f <= 1; 0 = off")
+    memory_bank: float = _f(0.0, MODEL, "kNN term's kept patches, share of the stride-8 count, 0..1; 0 = off")
     bank_weight: float = _f(-1.0, MODEL, "kNN term's share of the map, 0..1; -1 = chosen on pseudo-defects")
+    bank_stride: int = _f(4, MODEL, "stride of the bank's patches: 4 (finer map) or 8 (PatchCore's)")
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -122,6 +123,8 @@ class Config:
         weight = self.bank_weight
         if not (isinstance(weight, (int, float)) and (0 <= weight <= 1 or weight == -1)):
             bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
+        if self.bank_stride not in (4, 8):
+            bad("bank_stride", "4 or 8")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -148,8 +151,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        """Unknown keys (fields of older rd2t versions, e.g. num_workers) are ignored."""
+        """Unknown keys (fields of older rd2t versions, e.g. num_workers) are ignored; fields added later
+        get the value that reproduces the stored model (its bank was stride 8 before bank_stride existed)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {"bank_stride": 8, **d} if "memory_bank" in d else d
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes) -> Config:

@@ -4,7 +4,9 @@ Reverse distillation scores a pixel by how badly the student rebuilds the teache
 low-contrast change that the student rebuilds well (magnetic tile's "uneven") stays invisible. The frozen
 teacher's features themselves still differ from every defect-free training patch; PatchCore scores exactly
 that. `memory_bank > 0` keeps that share of the training patches (greedy k-center coreset, PatchCore's
-selection) and adds the distance to the nearest kept patch to the map. Both terms are z-scored by their
+selection) and adds the distance to the nearest kept patch to the map. PatchCore's patches are stride 8
+(+ 16); `bank_stride = 4` (the default) takes strides 4 + 8: a map twice as fine, which on bottle is what
+stops the term from blurring sharp defects (docs/ablations.md, round 4). Both terms are z-scored by their
 pixel mean and spread on held-out good images (nothing from defective images) and summed with weights
 that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_share).
 
@@ -23,11 +25,18 @@ MAX_CANDIDATES = 100_000
 PROJECTION_DIMS = 128  # PatchCore's random projection for the k-center distances
 
 
-def patch_embedding(features: list[torch.Tensor]) -> torch.Tensor:
-    """(B, C8 + C16, H/8, W/8): stride-8 and upsampled stride-16 features, each 3x3-averaged (PatchCore)."""
-    f8, f16 = (F.avg_pool2d(f.float(), 3, 1, 1) for f in features[1:3])
-    f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([f8, f16], 1)
+def patch_embedding(features: list[torch.Tensor], stride: int = 8) -> torch.Tensor:
+    """(B, C + C', H/stride, W/stride): one teacher's features at `stride` and the next level up, upsampled,
+    each 3x3-averaged (PatchCore's recipe; its levels are strides 8 + 16, `stride=4` takes 4 + 8)."""
+    level = {4: 0, 8: 1}[stride]
+    fine, coarse = (F.avg_pool2d(f.float(), 3, 1, 1) for f in features[level : level + 2])
+    coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([fine, coarse], 1)
+
+
+def bank_channels(teacher_channels: list[int], stride: int) -> int:
+    level = {4: 0, 8: 1}[stride]
+    return sum(teacher_channels[level : level + 2])
 
 
 def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from rd2t.config import Config
 from rd2t.model.fusion import TeacherFusion
-from rd2t.model.memory_bank import MemoryBank, patch_embedding
+from rd2t.model.memory_bank import MemoryBank, bank_channels, patch_embedding
 from rd2t.model.student import OCBE, Decoder
 from rd2t.model.teachers import Teacher
 
@@ -68,8 +68,9 @@ class RD2T(nn.Module):
             for ch in teacher_channels
         )
         self.blur = GaussianBlur(config.sigma)
-        # Optional nearest-neighbour term on teacher 1's stride-8 + stride-16 patches (memory_bank.py).
-        self.memory_bank = MemoryBank(sum(teacher_channels[0][1:3])) if config.memory_bank > 0 else None
+        # Optional nearest-neighbour term on teacher 1's patches at bank_stride (memory_bank.py).
+        channels = bank_channels(teacher_channels[0], config.bank_stride)
+        self.memory_bank = MemoryBank(channels) if config.memory_bank > 0 else None
 
     # --- the pieces, usable separately by the trainer (which caches teacher features) ---
     @torch.no_grad()
@@ -105,7 +106,7 @@ class RD2T(nn.Module):
                 amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
         maps = [self.blur(amap)]
         if self.memory_bank is not None and self.memory_bank.fitted:
-            d = self.memory_bank.distance(patch_embedding(features[0]))
+            d = self.memory_bank.distance(patch_embedding(features[0], self.config.bank_stride))
             maps.append(self.blur(F.interpolate(d, size=size, mode="bilinear", align_corners=False)))
         return maps
 

@@ -158,9 +158,12 @@ def fit_memory_bank(
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
         feats = cache.get(idx) if cache is not None else features_of(images[idx])
-        e = patch_embedding(feats[0])
+        e = patch_embedding(feats[0], model.config.bank_stride)
         chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
-    model.memory_bank.fit(torch.cat(chunks), model.config.memory_bank, model.config.seed)
+    # memory_bank counts kept patches against the stride-8 grid (PatchCore's 1 %) whatever the bank's stride:
+    # a stride-4 bank keeps as many patches, from 4x the candidates, so its queries cost 4x, not 16x.
+    kept = model.config.memory_bank * (model.config.bank_stride / 8) ** 2
+    model.memory_bank.fit(torch.cat(chunks), kept, model.config.seed)
 
     def terms_of(batches: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) term maps, on the CPU
         out = []
