@@ -72,8 +72,8 @@ def test_training_keeps_the_share_and_zscores_the_held_out_maps(bank_run):
     n_train = 24 - 2  # val_fraction 0.1 of 24 good images holds out 2
     patches = n_train * (SIZE // 8) ** 2  # the share counts stride-8 patches, whatever the bank's stride
     assert len(bank.patches) == round(0.05 * patches)
-    assert model.config.bank_stride == 4  # the default: stride-4 + stride-8 features
-    assert bank.patches.shape[1] == sum(model.teachers[0].channels[0:2])
+    assert model.config.bank_stride == 8  # the default: PatchCore's stride-8 + stride-16 features
+    assert bank.patches.shape[1] == sum(model.teachers[0].channels[1:3])
     # On the held-out images each z-scored term has pixel mean 0 and std 1: what the training step promised.
     with torch.no_grad():
         x = _inputs(ckpt.val_files)
@@ -135,11 +135,12 @@ def test_patch_embedding_takes_its_stride_and_the_next_level_up():
 
 
 def test_bank_saved_before_bank_stride_existed_loads_as_stride_8(bank_run, tmp_path):
-    """Checkpoints written before `bank_stride` hold a stride-8 bank: they must load and score as one."""
+    """Checkpoints written before `bank_stride` hold a stride-8 bank: they must load and score as one (this
+    fails if the field's default changes without a migration)."""
     from rd2t.model.checkpoint import Checkpoint
 
     _, ckpt, _ = bank_run
-    old_config = ckpt.config.replace(bank_stride=8)
+    old_config = ckpt.config.replace(bank_stride=8)  # what every bank before bank_stride was
     model8 = RD2T(old_config, pretrained=False).eval()
     state = {k: v for k, v in ckpt.weights.items() if not k.startswith("memory_bank.")}
     model8.load_state_dict(state, strict=False)
@@ -239,11 +240,14 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
     out = tmp_path / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--batch-size", "8"]
     args += ["--tile", "64", "--stride", "48", "--device", "cpu", "--val-fraction", "0.2"]
-    assert main([*args, "--memory-bank", "0.05", "--set", "bank_weight=0.5"]) == 0
+    # the finer bank here (stride 4 + 8), so it too is trained, saved, calibrated and exported
+    assert main([*args, "--memory-bank", "0.05", "--set", "bank_weight=0.5", "--set", "bank_stride=4"]) == 0
     model, ckpt = load_model(out / "model.pt")
     tiler = Tiler.of(model.config)
     train_tiles = load_training_tiles(ckpt.train_files, tiler, False)[0]
+    # as many patches as the stride-8 count says, each with the stride-4 + stride-8 channels
     assert len(model.memory_bank.patches) == round(0.05 * len(train_tiles) * (64 // 8) ** 2)
+    assert model.memory_bank.patches.shape[1] == sum(model.teachers[0].channels[0:2])
     held_tiles = load_training_tiles(ckpt.val_files, tiler, False)[0]
     with torch.no_grad():
         feats = model.teacher_features(to_model_input(held_tiles))

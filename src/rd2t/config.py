@@ -53,7 +53,7 @@ class Config:
     # Nearest-neighbour term on the first teacher's patches, added to the map (model/memory_bank.py).
     memory_bank: float = _f(0.0, MODEL, "kNN term's kept patches, share of the stride-8 count, 0..1; 0 = off")
     bank_weight: float = _f(-1.0, MODEL, "kNN term's share of the map, 0..1; -1 = chosen on pseudo-defects")
-    bank_stride: int = _f(4, MODEL, "stride of the bank's patches: 4 (finer map) or 8 (PatchCore's)")
+    bank_stride: int = _f(8, MODEL, "stride of the bank's patches: 8 (PatchCore's) or 4 (finer map)")
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -151,10 +151,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        """Unknown keys (fields of older rd2t versions, e.g. num_workers) are ignored; fields added later
-        get the value that reproduces the stored model (its bank was stride 8 before bank_stride existed)."""
+        """Unknown keys (fields of older rd2t versions, e.g. num_workers) are ignored; missing ones take their
+        default, so a field added later must default to what older files meant (bank_stride: 8)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {"bank_stride": 8, **d} if "memory_bank" in d else d
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes) -> Config:

@@ -4,9 +4,10 @@ Reverse distillation scores a pixel by how badly the student rebuilds the teache
 low-contrast change that the student rebuilds well (magnetic tile's "uneven") stays invisible. The frozen
 teacher's features themselves still differ from every defect-free training patch; PatchCore scores exactly
 that. `memory_bank > 0` keeps that share of the training patches (greedy k-center coreset, PatchCore's
-selection) and adds the distance to the nearest kept patch to the map. PatchCore's patches are stride 8
-(+ 16); `bank_stride = 4` (the default) takes strides 4 + 8: a map twice as fine, which on bottle is what
-stops the term from blurring sharp defects (docs/ablations.md, round 4). Both terms are z-scored by their
+selection) and adds the distance to the nearest kept patch to the map. PatchCore's patches (the default)
+are stride 8 (+ 16); `bank_stride = 4` takes strides 4 + 8: a map twice as fine, which stops the term from
+blurring sharp defects on bottle, but sees less of magnetic tile's large ones (docs/ablations.md, round 4).
+Both terms are z-scored by their
 pixel mean and spread on held-out good images (nothing from defective images) and summed with weights
 that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_share).
 
