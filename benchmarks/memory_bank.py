@@ -27,11 +27,13 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--share", type=float, default=0.01, help="config.memory_bank")
     ap.add_argument("--bank-weight", type=float, default=-1.0, help="config.bank_weight (-1: pseudo-defects)")
+    ap.add_argument("--bank-stride", type=int, default=None, help="config.bank_stride (default: the model's)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
     config = ckpt.config.replace(memory_bank=a.share, bank_weight=a.bank_weight, device="cpu")
+    config = config.replace(bank_stride=a.bank_stride or config.bank_stride)
     model = RD2T(config, pretrained=False)
     missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
     assert not unexpected and all(k.startswith("memory_bank.") for k in missing), (missing, unexpected)
@@ -54,7 +56,8 @@ def main() -> None:
         calibration,
     ).save(a.out)
     print(
-        f"{a.out}: {len(model.memory_bank.patches)} patches kept of {len(images) * (size // 8) ** 2}, "
+        f"{a.out}: {len(model.memory_bank.patches)} stride-{config.bank_stride} patches kept "
+        f"({len(images) * (size // 8) ** 2} stride-8 patches in the training images), "
         f"fitted in {fit_s:.0f}s (total {time.time() - t0:.0f}s); z-scores "
         f"{[round(v, 4) for v in model.memory_bank.zscore.tolist()]}; weights "
         f"{[round(v, 2) for v in model.memory_bank.weights.tolist()]}; threshold {calibration.threshold:.3f}"
