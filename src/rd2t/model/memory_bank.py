@@ -7,9 +7,9 @@ that. `memory_bank > 0` keeps that share of the training patches (greedy k-cente
 selection) and adds the distance to the nearest kept patch to the map. PatchCore's patches (the default)
 are stride 8 (+ 16); `bank_stride = 4` takes strides 4 + 8: a map twice as fine, which stops the term from
 blurring sharp defects on bottle, but sees less of magnetic tile's large ones (docs/ablations.md, round 4).
-Both terms are z-scored by their
-pixel mean and spread on held-out good images (nothing from defective images) and summed with weights
-that training chooses on pseudo-defects painted on those images (training/loop.py, choose_bank_share).
+Both terms are z-scored by their pixel mean and spread on held-out good images (nothing from defective
+images) and summed with weights that training chooses on pseudo-defects painted on those images
+(training/loop.py, choose_bank_share).
 
 Everything stays inside `RD2T.forward`: torch, ONNX Runtime and OpenVINO score it the same way.
 """
@@ -26,17 +26,21 @@ MAX_CANDIDATES = 100_000
 PROJECTION_DIMS = 128  # PatchCore's random projection for the k-center distances
 
 
+LEVEL_OF_STRIDE = {4: 0, 8: 1}  # a teacher's feature list starts at stride 4
+
+
 def patch_embedding(features: list[torch.Tensor], stride: int = 8) -> torch.Tensor:
     """(B, C + C', H/stride, W/stride): one teacher's features at `stride` and the next level up, upsampled,
     each 3x3-averaged (PatchCore's recipe; its levels are strides 8 + 16, `stride=4` takes 4 + 8)."""
-    level = {4: 0, 8: 1}[stride]
+    level = LEVEL_OF_STRIDE[stride]
     fine, coarse = (F.avg_pool2d(f.float(), 3, 1, 1) for f in features[level : level + 2])
     coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([fine, coarse], 1)
 
 
 def bank_channels(teacher_channels: list[int], stride: int) -> int:
-    level = {4: 0, 8: 1}[stride]
+    """Channels of patch_embedding(features, stride) for a teacher with these per-level channels."""
+    level = LEVEL_OF_STRIDE[stride]
     return sum(teacher_channels[level : level + 2])
 
 
