@@ -20,7 +20,7 @@ patches whatever the share):
    over 8x8 cells (the stride-8 kNN term's grid) and 4x4 cells, to see what a coarse grid alone costs.
 
 The bank is the model's own: `memory_bank.py --bank-stride 8` gives round 3's PatchCore patches,
-`--bank-stride 4` the finer ones (strides 4 + 8), the bank's default since round 4.
+`--bank-stride 4` the finer ones (strides 4 + 8, `bank_stride=4`).
 
 Test figures at the original resolution (rd2t's Evaluator, maps upsampled as `rd2t evaluate` does); image
 score = map maximum; threshold = mean + 3 std of the held-out images' scores (the default rule).
@@ -47,7 +47,13 @@ from rd2t.data.transforms import resize_map, to_model_input, to_uint8_tensor
 from rd2t.evaluation.metrics import Evaluator
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import model_from
-from rd2t.training.loop import PSEUDO_DEFECTS, choose_bank_share, load_training_images
+from rd2t.training.loop import (
+    FEW_CALIBRATION_IMAGES,
+    PSEUDO_DEFECTS,
+    best_share,
+    choose_bank_share,
+    load_training_images,
+)
 
 GATE_QUANTILE = 0.99
 DIAGNOSTIC_SHARES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -74,9 +80,9 @@ def gated(terms: torch.Tensor, q: float) -> torch.Tensor:
     return torch.cat([terms[:, :1], (terms[:, 1:] - q).clamp_min(0)], 1)
 
 
-def pick(table, first: int) -> float:
-    """choose_bank_share's rule (best mean over the criterion's columns, ties to the smaller share)."""
-    return max(table, key=lambda r: (round(float(np.mean(r[first:])), 4), -r[0]))[0]
+def blend(terms: torch.Tensor, w: float) -> torch.Tensor:
+    """(N, 2, H, W) z-scored terms -> (N, H, W): the map at kNN share w (the model's 2x scale aside)."""
+    return (1 - w) * terms[:, 0] + w * terms[:, 1]
 
 
 def test_figures(maps, val_maps, test, sizes, masks) -> dict:
@@ -138,16 +144,14 @@ def main() -> None:
         torch.quantile(good[:, 1].flatten()[:: max(1, good[:, 1].numel() // 10_000_000)], GATE_QUANTILE)
     )
     forms = {"sum": lambda t: t, "gate": lambda t: gated(t, q)}
-    first = 1 if len(good) >= 10 else 2  # as choose_bank_share: image AUROC needs 10 held-out images
+    first = 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2  # as choose_bank_share
     results = {"model": a.model, "gate_q": q, "n_held_out": len(good), "n_painted": len(bad), "rules": {}}
     for form, f in forms.items():
-        _, table = choose_bank_share(f(good), f(bad), paint)
         fg, ft = f(good), f(terms)
-        rules = [(form, pick(table, first)), (f"{form}/pixel", pick(table, 2))]
+        _, table = choose_bank_share(fg, f(bad), paint)
+        rules = [(form, best_share(table, first)), (f"{form}/pixel", best_share(table, 2))]
         for name, w in rules + ([("sum/0.5", 0.5)] if form == "sum" else []):
-            fig = test_figures(
-                (1 - w) * ft[:, 0] + w * ft[:, 1], (1 - w) * fg[:, 0] + w * fg[:, 1], test, sizes, masks
-            )
+            fig = test_figures(blend(ft, w), blend(fg, w), test, sizes, masks)
             results["rules"][name] = {"share": w, "pseudo_table": table, "test": fig}
             print(
                 f"{name:11s} w {w:.1f}: "
@@ -158,9 +162,7 @@ def main() -> None:
         if not a.no_diagnostic:
             diag = {}
             for w in DIAGNOSTIC_SHARES:
-                fig = test_figures(
-                    (1 - w) * ft[:, 0] + w * ft[:, 1], (1 - w) * fg[:, 0] + w * fg[:, 1], test, sizes, masks
-                )
+                fig = test_figures(blend(ft, w), blend(fg, w), test, sizes, masks)
                 diag[w] = {
                     k: fig[k] for k in ("image_auroc", "pixel_auroc", "au_pro", "false_alarms", "misses")
                 }

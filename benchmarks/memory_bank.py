@@ -32,8 +32,10 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
-    config = ckpt.config.replace(memory_bank=a.share, bank_weight=a.bank_weight, device="cpu")
-    config = config.replace(bank_stride=a.bank_stride or config.bank_stride)
+    stride = a.bank_stride or ckpt.config.bank_stride
+    config = ckpt.config.replace(
+        memory_bank=a.share, bank_weight=a.bank_weight, bank_stride=stride, device="cpu"
+    )
     model = RD2T(config, pretrained=False)
     missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
     assert not unexpected and all(k.startswith("memory_bank.") for k in missing), (missing, unexpected)

@@ -229,9 +229,13 @@ def choose_bank_share(
         pixel = pixel_metrics(truth, list(amap))
         image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
         table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
-    first = 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2
-    best = max(table, key=lambda r: (round(float(np.mean(r[first:])), 4), -r[0]))
-    return best[0], table
+    return best_share(table, 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2), table
+
+
+def best_share(table: list[tuple[float, ...]], first: int) -> float:
+    """The share of the row with the best mean over columns first.. of (w, image AUROC, pixel AUROC,
+    AU-PRO) rows, rounded to 4 digits so noise does not decide; ties go to the smaller share."""
+    return max(table, key=lambda r: (round(float(np.mean(r[first:])), 4), -r[0]))[0]
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
