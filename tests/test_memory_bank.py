@@ -229,6 +229,7 @@ def test_training_chooses_the_share_on_pseudo_defects(texture_set, tmp_path, cap
 def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path):
     """--memory-bank with --tile: the bank, its z-scores and the threshold all come from tiles, the way the
     tiled model scores an image, and the ONNX export carries it."""
+    import importlib.util
     import warnings
 
     from rd2t.cli import main
@@ -260,8 +261,17 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["export", str(out / "model.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
-    onnx_p = Predictor.open(tmp_path / "m.onnx")
     image = np.random.default_rng(4).integers(0, 255, (150, 110, 3), dtype=np.uint8)
-    a, b = torch_p.predict_one(image), onnx_p.predict_one(image)
+    a = torch_p.predict_one(image)
     scale = max(1.0, float(np.abs(a.model_map).max()))
-    assert np.abs(a.model_map - b.model_map).max() <= EXPORT_TOLERANCE * scale
+    # auto runs the fastest runtime that agrees with ONNX Runtime; an explicit openvino agrees or refuses:
+    # OpenVINO 2026.3-2026.4 computes this graph wrong, and must not be used silently
+    backends = ["auto", "onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        try:
+            onnx_p = Predictor.open(tmp_path / "m.onnx", backend=backend)
+        except ConfigError as e:
+            assert backend == "openvino" and "off ONNX Runtime's" in str(e) and "\n" not in str(e)
+            continue
+        b = onnx_p.predict_one(image)
+        assert np.abs(a.model_map - b.model_map).max() <= EXPORT_TOLERANCE * scale, backend

@@ -22,10 +22,13 @@ import torch
 from rd2t.data.transforms import to_model_input
 from rd2t.errors import ConfigError, RD2TError
 from rd2t.files import atomic_write
+from rd2t.inference.onnx_runtime import EXPORT_TOLERANCE
 from rd2t.model.checkpoint import ModelInfo
 from rd2t.model.network import RD2T
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-bf16")
+# openvino-bf16 moves maps by 2-7 % of their range (docs/performance.md); a wrong graph is off by far more.
+BF16_TOLERANCE = 0.25
 
 
 class TorchBackend:
@@ -58,6 +61,14 @@ class TorchBackend:
         return scores.cpu().numpy(), maps.cpu().numpy()
 
 
+class RuntimeDisagrees(ConfigError):
+    """A runtime whose maps are off ONNX Runtime's on the same `.onnx`: the finding, then what to do."""
+
+    def __init__(self, finding: str, advice: str):
+        super().__init__(f"{finding}; {advice}")
+        self.finding = finding
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -82,6 +93,9 @@ class OpenVinoBackend:
 
     OpenVINO runs bf16 by itself on CPUs with AVX-512-BF16/AMX (maps off by ~3.5 % of their range,
     docs/performance.md), so the precision hint is always set: f32 for `openvino`, bf16 for `openvino-bf16`.
+    Opening checks OpenVINO's maps against ONNX Runtime's on one probe image and refuses a disagreement:
+    OpenVINO 2026.3-2026.4 computes the memory bank's graph wrong (docs/performance.md), and a runtime that
+    is fast and wrong must not be chosen silently.
     """
 
     def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
@@ -94,7 +108,8 @@ class OpenVinoBackend:
         from rd2t.inference.onnx_runtime import OnnxDetector
 
         self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
-        self.metadata = OnnxDetector(path, threads=1).metadata  # the same checks and metadata as ORT
+        reference = OnnxDetector(path, threads=1)  # the same checks and metadata as ORT, and the parity
+        self.metadata = reference.metadata
         self.image_size = int(self.metadata["image_size"])
         config = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
@@ -103,6 +118,19 @@ class OpenVinoBackend:
         self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.scores, self.maps = self.model.output("scores"), self.model.output("anomaly_maps")
         self._local = threading.local()
+        s = self.image_size
+        probe = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, s, s), dtype=np.uint8))
+        want = reference.predict(to_model_input(probe).numpy())[1]
+        off = float(np.abs(self(probe)[1] - want).max())
+        tolerance = EXPORT_TOLERANCE if precision == "f32" else BF16_TOLERANCE
+        limit = tolerance * max(1.0, float(np.abs(want).max()))
+        if not off <= limit:  # NaN fails too
+            version = ov.__version__.split("-")[0]
+            raise RuntimeDisagrees(
+                f"{path}: OpenVINO {version} ({self.name}) gives maps {off:.3g} off ONNX Runtime's "
+                f"(limit {limit:.3g})",
+                "use --backend onnx, or another OpenVINO version",
+            )
 
     @classmethod
     def open(
@@ -222,13 +250,19 @@ def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dic
         records = {}
     if key in records and not remeasure:
         return records[key], {}
-    opened = {"onnx": OnnxBackend(path, threads)}
+    opened, refused = {"onnx": OnnxBackend(path, threads)}, {}
     if "openvino" in runtimes:
-        opened["openvino"] = OpenVinoBackend(path, threads)
+        try:
+            opened["openvino"] = OpenVinoBackend(path, threads)
+        except RuntimeDisagrees as e:  # never the choice for this file
+            refused["openvino"] = e.finding
+            warnings.warn(f"{e.finding}; --backend auto runs it with onnx", stacklevel=3)
     size = opened["onnx"].image_size
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8))
     b1 = {be.name: round(median_ms(be, batch), 2) for be in opened.values()}
     record = {"chosen": min(b1, key=b1.get), "b1_ms": b1, "machine": _machine(threads)}
+    if refused:
+        record["refused"] = refused
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         records[key] = record

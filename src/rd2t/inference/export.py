@@ -26,6 +26,7 @@ from rd2t import __version__
 from rd2t.errors import InputError, OutputError, RD2TError
 from rd2t.files import atomic_write, check_writable
 from rd2t.inference.onnx_runtime import (
+    EXPORT_TOLERANCE,
     INPUT_NAME,
     OUTPUT_NAMES,
     first_line,
@@ -50,9 +51,6 @@ TILING_DESCRIPTION = (
     "column flush with the border), score each tile, blend the tile maps with a raised-cosine edge window "
     "(rd2t.inference.tiling); image score = max of the stitched map"
 )
-# Parity an export must reach against torch on the probe images, relative to the map's magnitude (>= 1):
-# a broken graph (wrong padding, normalisation, batch specialisation) is off by orders of magnitude more.
-EXPORT_TOLERANCE = 1e-3
 
 
 # ---- metadata ------------------------------------------------------------------------------------------

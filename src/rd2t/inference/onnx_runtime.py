@@ -11,6 +11,11 @@ import numpy as np
 
 from rd2t.errors import InputError, RD2TError
 
+# Parity an export must reach against torch on the probe images, relative to the map's magnitude (>= 1):
+# a broken graph (wrong padding, normalisation, batch specialisation) is off by orders of magnitude more.
+# Other runtimes running the export are held to it against ONNX Runtime (backends.OpenVinoBackend).
+EXPORT_TOLERANCE = 1e-3
+
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "anomaly_maps")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
