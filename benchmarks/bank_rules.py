@@ -148,7 +148,7 @@ def main() -> None:
     results = {"model": a.model, "gate_q": q, "n_held_out": len(good), "n_painted": len(bad), "rules": {}}
     for form, f in forms.items():
         fg, ft = f(good), f(terms)
-        _, table = choose_bank_share(fg, f(bad), paint)
+        _, table, _ = choose_bank_share(fg, f(bad), paint)
         rules = [(form, best_share(table, first)), (f"{form}/pixel", best_share(table, 2))]
         for name, w in rules + ([("sum/0.5", 0.5)] if form == "sum" else []):
             fig = test_figures(blend(ft, w), blend(fg, w), test, sizes, masks)

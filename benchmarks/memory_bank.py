@@ -27,12 +27,13 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--share", type=float, default=0.01, help="config.memory_bank")
     ap.add_argument("--bank-weight", type=float, default=-1.0, help="config.bank_weight (-1: pseudo-defects)")
-    ap.add_argument("--bank-stride", type=int, default=None, help="config.bank_stride (default: the model's)")
+    stride_help = "config.bank_stride: 8, 4 or 0 = chosen (default: the model's)"
+    ap.add_argument("--bank-stride", type=int, default=None, help=stride_help)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
-    stride = a.bank_stride or ckpt.config.bank_stride
+    stride = ckpt.config.bank_stride if a.bank_stride is None else a.bank_stride
     config = ckpt.config.replace(
         memory_bank=a.share, bank_weight=a.bank_weight, bank_stride=stride, device="cpu"
     )
@@ -48,7 +49,7 @@ def main() -> None:
     fit_s = time.time() - t1
     calibration = calibrate(model, held_out, config.threshold_rule, "validation", config.batch_size)
     Checkpoint(
-        config,
+        model.config,  # the stride chosen, with bank_stride 0
         model.state_dict(),
         ckpt.epoch,
         ckpt.history,
@@ -58,7 +59,7 @@ def main() -> None:
         calibration,
     ).save(a.out)
     print(
-        f"{a.out}: {len(model.memory_bank.patches)} stride-{config.bank_stride} patches kept "
+        f"{a.out}: {len(model.memory_bank.patches)} stride-{model.config.bank_stride} patches kept "
         f"({len(images) * (size // 8) ** 2} stride-8 patches in the training images), "
         f"fitted in {fit_s:.0f}s (total {time.time() - t0:.0f}s); z-scores "
         f"{[round(v, 4) for v in model.memory_bank.zscore.tolist()]}; weights "

@@ -47,6 +47,9 @@ def test_config_refuses_bad_shares():
     for bad in (-0.5, 1.1):
         with pytest.raises(ConfigError, match="bank_weight"):
             preset("offline", memory_bank=0.01, bank_weight=bad)
+    for bad in (2, 16):
+        with pytest.raises(ConfigError, match="bank_stride"):
+            preset("offline", memory_bank=0.01, bank_stride=bad)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def _terms(signal_in_knn: bool, n: int = 12, size: int = 32) -> tuple[torch.Tens
 @pytest.mark.parametrize("signal_in_knn", [True, False])
 def test_share_follows_the_term_that_sees_the_pseudo_defects(signal_in_knn):
     good, bad, masks = _terms(signal_in_knn)
-    share, table = choose_bank_share(good, bad, masks)
+    share, table, _ = choose_bank_share(good, bad, masks)
     assert [row[0] for row in table] == pytest.approx([i / 10 for i in range(11)])
     assert (share >= 0.8) if signal_in_knn else (share <= 0.2)
     best = max(np.mean(row[1:]) for row in table)
@@ -207,23 +210,46 @@ def test_bank_saved_before_weights_existed_loads_as_the_plain_sum(bank_run):
     assert fresh.memory_bank.weights.tolist() == [1.0, 1.0]
 
 
-def test_training_chooses_the_share_on_pseudo_defects(texture_set, tmp_path, capfd):
+@pytest.mark.parametrize("stride, weight", [(8, -1.0), (0, -1.0), (0, 0.5)])
+def test_training_chooses_share_and_stride_on_pseudo_defects(texture_set, tmp_path, capfd, stride, weight):
+    """bank_weight -1 chooses the share, bank_stride 0 the stride (8 or 4), on the painted held-out images;
+    the saved model is the chosen one and its threshold comes from its own scores."""
     from rd2t.cli import main
 
     out = tmp_path / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
-    assert main([*args, "--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]) == 0
+    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]
+    assert main([*args, "--set", f"bank_stride={stride}", "--set", f"bank_weight={weight}"]) == 0
     err = capfd.readouterr().err
-    (line,) = [x for x in err.splitlines() if x.startswith("memory bank: kNN share")]
-    share = float(line.split()[4])
-    assert "48 pseudo-defects painted on 2 held-out good images" in line
+    tried = {}  # stride -> (share, criterion)
+    for line in err.splitlines():
+        if line.startswith("memory bank, stride"):
+            assert "48 pseudo-defects painted on 2 held-out good images" in line
+            words = line.replace(":", "").replace(",", "").split()
+            tried[int(words[3])] = (float(words[6]), float(words[11]))
+    assert sorted(tried) == ([4, 8] if stride == 0 else [stride])
+    # the stride with the better criterion, ties to 8
+    chosen = 8 if stride == 8 else max(tried, key=lambda s: (tried[s][1], s == 8))
+    share = tried[chosen][0]
+    if weight >= 0:
+        assert share == weight
     model, ckpt = load_model(out / "model.pt")
-    assert model.config.bank_weight == -1  # the request; the choice is in the weights
+    assert model.config.bank_stride == chosen and model.config.bank_weight == weight  # the request stays
     assert model.memory_bank.weights.tolist() == pytest.approx([2 * (1 - share), 2 * share])
     assert model.memory_bank.fitted == (share > 0)
+    if share > 0:
+        level = {4: 0, 8: 1}[chosen]
+        assert model.memory_bank.patches.shape[1] == sum(model.teachers[0].channels[level : level + 2])
     with torch.no_grad():
         scores, _ = model(_inputs(ckpt.val_files))
     assert ckpt.calibration.scores == pytest.approx(scores.tolist(), rel=1e-4, abs=1e-4)
+
+
+def test_unchosen_stride_loads_as_an_unfitted_stride_8_bank():
+    """A checkpoint written before training chose the stride (last.pt of an interrupted run) still loads."""
+    model = RD2T(preset("offline", memory_bank=0.01, bank_stride=0), pretrained=False)
+    assert not model.memory_bank.fitted
+    assert model.memory_bank.patches.shape[1] == sum(model.teachers[0].channels[1:3])
 
 
 def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path):

@@ -53,7 +53,9 @@ class Config:
     # Nearest-neighbour term on the first teacher's patches, added to the map (model/memory_bank.py).
     memory_bank: float = _f(0.0, MODEL, "kNN term's kept patches, share of the stride-8 count, 0..1; 0 = off")
     bank_weight: float = _f(-1.0, MODEL, "kNN term's share of the map, 0..1; -1 = chosen on pseudo-defects")
-    bank_stride: int = _f(8, MODEL, "stride of the bank's patches: 8 (PatchCore's) or 4 (finer map)")
+    bank_stride: int = _f(
+        8, MODEL, "stride of the bank's patches: 8 (PatchCore's), 4 (finer map), 0 = chosen on pseudo-defects"
+    )
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -123,8 +125,8 @@ class Config:
         weight = self.bank_weight
         if not (isinstance(weight, (int, float)) and (0 <= weight <= 1 or weight == -1)):
             bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
-        if self.bank_stride not in (4, 8):
-            bad("bank_stride", "4 or 8")
+        if self.bank_stride not in (0, 4, 8):
+            bad("bank_stride", "4, 8 or 0 (chosen on pseudo-defects)")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:

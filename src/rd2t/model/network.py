@@ -68,9 +68,17 @@ class RD2T(nn.Module):
             for ch in teacher_channels
         )
         self.blur = GaussianBlur(config.sigma)
-        # Optional nearest-neighbour term on teacher 1's patches at bank_stride (memory_bank.py).
-        channels = bank_channels(teacher_channels[0], config.bank_stride)
+        # Optional nearest-neighbour term on teacher 1's patches at bank_stride (memory_bank.py). Stride 0
+        # (chosen when training ends, use_bank_stride) starts as 8: an interrupted run's checkpoint loads so.
+        channels = bank_channels(teacher_channels[0], config.bank_stride or 8)
         self.memory_bank = MemoryBank(channels) if config.memory_bank > 0 else None
+
+    def use_bank_stride(self, stride: int) -> None:
+        """A fresh, unfitted memory bank of stride-`stride` patches, recorded in config.bank_stride (training
+        tries each stride when config.bank_stride is 0)."""
+        self.config = self.config.replace(bank_stride=stride)
+        device = next(self.parameters()).device
+        self.memory_bank = MemoryBank(bank_channels(self.teachers[0].channels, stride)).to(device)
 
     # --- the pieces, usable separately by the trainer (which caches teacher features) ---
     @torch.no_grad()

@@ -146,76 +146,94 @@ def fit_memory_bank(
     tiled: bool = False,
 ) -> None:
     """Keep a coreset of the training patches, z-score both map terms on held-out good images, then weigh
-    them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images). Tiled models
-    pass tiles for images and held_out: each tile is what the model scores."""
+    them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images). bank_stride 0
+    fits a bank at each of BANK_STRIDES and keeps the one whose map tells the painted images best. Tiled
+    models pass tiles for images and held_out: each tile is what the model scores."""
     model.eval()
     device = next(model.parameters()).device
-
-    def features_of(batch: torch.Tensor):
-        return model.teacher_features(to_model_input(batch.to(device)))
-
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
-        feats = cache.get(idx) if cache is not None else features_of(images[idx])
-        e = patch_embedding(feats[0], model.config.bank_stride)
-        chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
-    # memory_bank counts kept patches against the stride-8 grid (PatchCore's 1 %) whatever the bank's stride:
-    # a stride-4 bank keeps as many patches, from 4x the candidates, so its queries cost 4x, not 16x.
-    kept = model.config.memory_bank * (model.config.bank_stride / 8) ** 2
-    model.memory_bank.fit(torch.cat(chunks), kept, model.config.seed)
+    config = model.config
+    strides = BANK_STRIDES if config.bank_stride == 0 else (config.bank_stride,)
 
     def terms_of(batches: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) term maps, on the CPU
         out = []
         for start in range(0, len(batches), batch_size):
-            feats = features_of(batches[start : start + batch_size])
+            feats = model.teacher_features(to_model_input(batches[start : start + batch_size].to(device)))
             maps = model.term_maps(feats, model.reconstruct(feats), tuple(batches.shape[-2:]))
             out.append(torch.cat(maps, 1))
         return torch.cat(out).cpu()
 
-    # Pixel mean and std of each term over the held-out images (in float64: millions of pixels).
-    good = terms_of(held_out)
-    mean, std = (f(good.double().transpose(0, 1).flatten(1), 1) for f in (torch.mean, torch.std))
-    model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
+    def zscored(terms: torch.Tensor) -> torch.Tensor:
+        return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
 
-    share = model.config.bank_weight
-    if share < 0:
+    choose = config.bank_weight < 0 or len(strides) > 1
+    if choose:
         painted, masks = paint_pseudo_defects(
-            held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=model.config.seed
+            held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=config.seed
         )
-        bad = terms_of(painted)
-
-        def zscored(terms: torch.Tensor) -> torch.Tensor:
-            return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
-
-        share, table = choose_bank_share(zscored(good), zscored(bad), masks)
-        unit = "tiles" if tiled else "images"
+    unit = "tiles" if tiled else "images"
+    fitted = {}  # stride -> (criterion, share, bank)
+    for stride in strides:
+        model.use_bank_stride(stride)
+        _fit_patches(model, images, cache, batch_size)
+        # Pixel mean and std of each term over the held-out images (in float64: millions of pixels).
+        good = terms_of(held_out)
+        mean, std = (f(good.double().transpose(0, 1).flatten(1), 1) for f in (torch.mean, torch.std))
+        model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
+        if not choose:
+            fitted[stride] = (0.0, config.bank_weight, model.memory_bank)
+            break
+        shares = BANK_SHARES if config.bank_weight < 0 else (config.bank_weight,)
+        share, table, value = choose_bank_share(zscored(good), zscored(terms_of(painted)), masks, shares)
         print(
-            f"memory bank: kNN share {share:.1f} of the map, chosen on {len(bad)} pseudo-defects painted on "
-            f"{len(good)} held-out good {unit} (image AUROC / pixel AUROC / AU-PRO: "
-            + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table)
-            + ")",
+            f"memory bank, stride {stride}: kNN share {share:.1f} of the map, criterion {value:.4f}, on "
+            f"{len(painted)} pseudo-defects painted on {len(good)} held-out good {unit} (image AUROC / pixel "
+            "AUROC / AU-PRO: " + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table) + ")",
             file=sys.stderr,
         )
+        fitted[stride] = (value, share, model.memory_bank)
+    stride = best_stride({s: v[0] for s, v in fitted.items()})
+    _, share, model.memory_bank = fitted[stride]
+    model.config = model.config.replace(bank_stride=stride)
+    if len(strides) > 1:
+        print(f"memory bank: stride {stride} chosen", file=sys.stderr)
     model.memory_bank.set_share(share)
 
 
+def _fit_patches(model: RD2T, images: torch.Tensor, cache: FeatureCache | None, batch_size: int) -> None:
+    """The coreset of the training images' patches at config.bank_stride."""
+    device, stride = next(model.parameters()).device, model.config.bank_stride
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(images)))
+        if cache is not None:
+            feats = cache.get(idx)
+        else:
+            feats = model.teacher_features(to_model_input(images[idx].to(device)))
+        e = patch_embedding(feats[0], stride)
+        chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
+    # memory_bank counts kept patches against the stride-8 grid (PatchCore's 1 %) whatever the bank's stride:
+    # a stride-4 bank keeps as many patches, from 4x the candidates, so its queries cost 4x, not 16x.
+    kept = model.config.memory_bank * (stride / 8) ** 2
+    model.memory_bank.fit(torch.cat(chunks), kept, model.config.seed)
+
+
 BANK_SHARES = tuple(i / 10 for i in range(11))
+BANK_STRIDES = (8, 4)  # what bank_stride 0 chooses from, PatchCore's first
 PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
 
 
 def choose_bank_share(
-    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor
-) -> tuple[float, list[tuple[float, float, float, float]]]:
-    """The kNN term's share w of the map (1 - w for the student's) that best tells the painted images from
-    the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the z-scored term maps (MemoryBank.standardise);
-    masks (B, H, W) the paint.
+    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor, shares: tuple[float, ...] = BANK_SHARES
+) -> tuple[float, list[tuple[float, float, float, float]], float]:
+    """The kNN term's share w of the map (1 - w for the student's), among `shares`, that best tells the
+    painted images from the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the z-scored term maps
+    (MemoryBank.standardise); masks (B, H, W) the paint.
 
     The criterion mirrors the three figures a user is shown: the mean of image AUROC (map maximum), pixel
     AUROC and AU-PRO, all on the maps at 1/4 resolution (ranks need no more); image AUROC is left out under
     FEW_CALIBRATION_IMAGES good images (3 good maxima are too coarse to choose with). On ties the smaller
-    share: at 0 the bank is dropped, and its cost with it. Returns the share and, per share, (w, image
-    AUROC, pixel AUROC, AU-PRO)."""
+    share: at 0 the bank is dropped, and its cost with it. Returns the share, per share (w, image AUROC,
+    pixel AUROC, AU-PRO), and the chosen share's criterion."""
     # The metric functions are evaluation's, pure numpy/scipy/sklearn; evaluation never imports training.
     from rd2t.evaluation.metrics import image_auroc, pixel_metrics
 
@@ -224,18 +242,31 @@ def choose_bank_share(
     truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
     truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
     table = []
-    for w in BANK_SHARES:
+    for w in shares:
         amap = ((1 - w) * maps[:, 0] + w * maps[:, 1]).numpy()
         pixel = pixel_metrics(truth, list(amap))
         image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
         table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
-    return best_share(table, 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2), table
+    first = 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2
+    share = best_share(table, first)
+    return share, table, criterion(next(r for r in table if r[0] == share), first)
+
+
+def criterion(row: tuple[float, ...], first: int) -> float:
+    """The mean over columns first.. of a (w, image AUROC, pixel AUROC, AU-PRO) row, rounded to 4 digits so
+    noise does not decide."""
+    return round(float(np.mean(row[first:])), 4)
 
 
 def best_share(table: list[tuple[float, ...]], first: int) -> float:
-    """The share of the row with the best mean over columns first.. of (w, image AUROC, pixel AUROC,
-    AU-PRO) rows, rounded to 4 digits so noise does not decide; ties go to the smaller share."""
-    return max(table, key=lambda r: (round(float(np.mean(r[first:])), 4), -r[0]))[0]
+    """The share of the row with the best criterion; ties go to the smaller share."""
+    return max(table, key=lambda r: (criterion(r, first), -r[0]))[0]
+
+
+def best_stride(criteria: dict[int, float]) -> int:
+    """The bank stride with the best criterion; ties go to the earlier of BANK_STRIDES (8: PatchCore's and
+    the cheaper)."""
+    return max(criteria, key=lambda s: (criteria[s], -BANK_STRIDES.index(s)))
 
 
 # ---- the loop ---------------------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Issue 14, round 5: `bank_stride=0`, the bank's stride chosen on pseudo-defects, scored on one plain model.
+
+Round 4 found that the finer bank (stride 4) helps bottle, hazelnut_toy and the generated sets, the coarse
+one (stride 8) magnetic tile, and that the pseudo-defect criterion preferred the right one on both sets it
+was run on. `bank_stride=0` makes training fit both and keep the one whose map tells the painted images
+best (training.loop.fit_memory_bank). This script asks whether that choice holds on every set, for both
+ways of weighing the terms (`bank_weight` -1: share chosen on the painted images; 0.5: the plain sum):
+
+- it fits a bank at each stride onto one trained plain model, exactly as training does (fit_memory_bank,
+  same training and held-out files, same seed), z-scores the terms, paints the same pseudo-defects;
+- it computes the criterion table per stride (choose_bank_share) and the choice training would make from it
+  (best_share, best_stride: the same functions);
+- it scores the test set at the original resolution with rd2t's Evaluator for the plain map (share 0) and,
+  per stride, the chosen share and the share 0.5, so the chosen stride can be compared with the other.
+
+Nothing here chooses on the test images; the figures of the stride not chosen are shown to judge the choice.
+`benchmarks/memory_bank.py --bank-stride 0` then `rd2t evaluate` is the product's path to the same model.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bank_stride.py runs/bottle/offline_s0/model.pt \
+        --root ../shared/data/mvtec_ad --category bottle --json runs/stride/bottle_s0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bank_rules import blend, test_figures, z_terms  # benchmarks/ is on the path when a script runs
+
+from rd2t.data import load_image, load_mask, mvtec
+from rd2t.data.pseudo_defects import paint_pseudo_defects
+from rd2t.data.transforms import to_uint8_tensor
+from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.network import RD2T
+from rd2t.training.loop import (
+    BANK_STRIDES,
+    FEW_CALIBRATION_IMAGES,
+    PSEUDO_DEFECTS,
+    best_share,
+    best_stride,
+    choose_bank_share,
+    criterion,
+    fit_memory_bank,
+    load_training_images,
+)
+
+FIXED_SHARE = 0.5
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a trained plain checkpoint (no bank needed)")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--category", default=".")
+    ap.add_argument("--share", type=float, default=0.01, help="config.memory_bank")
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+    t0 = time.time()
+    ckpt = Checkpoint.load(a.model)
+    size = ckpt.config.image_size
+    images, _ = load_training_images([Path(p) for p in ckpt.train_files], size, False)
+    held_out, _ = load_training_images([Path(p) for p in ckpt.val_files], size, False)
+    painted, paint = paint_pseudo_defects(
+        held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=ckpt.config.seed
+    )
+    split = mvtec(a.root, a.category)
+    test, sizes, test_images = split.test, [], []
+    for s in test:
+        im = load_image(s.path)
+        sizes.append(im.size)
+        test_images.append(to_uint8_tensor(im, size))
+    test_images = torch.stack(test_images)
+    masks = [
+        load_mask(s.mask_path, wh) if s.mask_path else np.zeros(wh[::-1], dtype=bool)
+        for s, wh in zip(test, sizes, strict=True)
+    ]
+    first = 1 if len(held_out) >= FEW_CALIBRATION_IMAGES else 2  # as choose_bank_share
+
+    def scored(w: float, good: torch.Tensor, terms: torch.Tensor) -> dict:
+        fig = test_figures(blend(terms, w), blend(good, w), test, sizes, masks)
+        return {"share": w, **fig}
+
+    results = {"model": a.model, "n_held_out": len(held_out), "n_painted": len(painted), "strides": {}}
+    for stride in BANK_STRIDES:
+        t1 = time.time()
+        # fixed weight: fit_memory_bank only fits and z-scores; the share is chosen below, as training does
+        config = ckpt.config.replace(memory_bank=a.share, bank_weight=FIXED_SHARE, bank_stride=stride)
+        model = RD2T(config.replace(device="cpu"), pretrained=False)
+        model.load_state_dict(ckpt.weights, strict=False)
+        with torch.no_grad():
+            fit_memory_bank(model, images, held_out, None, config.batch_size)
+        fit_s = time.time() - t1
+        good, bad, terms = z_terms(model, held_out), z_terms(model, painted), z_terms(model, test_images)
+        share, table, value = choose_bank_share(good, bad, paint)
+        fixed = next(r for r in table if r[0] == FIXED_SHARE)
+        row = {
+            "fit_seconds": fit_s,
+            "pseudo_table": table,
+            "chosen_share": share,
+            "criterion_chosen": value,
+            "criterion_fixed": criterion(fixed, first),
+            "chosen": scored(share, good, terms),
+            "fixed": scored(FIXED_SHARE, good, terms),
+        }
+        assert best_share(table, first) == share
+        if "plain" not in results:
+            results["plain"] = scored(0.0, good, terms)
+        results["strides"][stride] = row
+        for name in ("chosen", "fixed"):
+            f = row[name]
+            print(
+                f"stride {stride} {name} (w {f['share']:.1f}, criterion {row['criterion_' + name]:.4f}): "
+                + " / ".join(f"{f[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "au_pro"))
+                + f", {f['false_alarms']} FA / {f['misses']} misses",
+                flush=True,
+            )
+    for name in ("chosen", "fixed"):
+        pick = best_stride({s: r[f"criterion_{name}"] for s, r in results["strides"].items()})
+        results[f"auto_{name}"] = {"stride": pick, **results["strides"][pick][name]}
+        print(f"bank_stride=0, {name} share: stride {pick}", flush=True)
+    p = results["plain"]
+    print("plain: " + " / ".join(f"{p[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "au_pro")))
+    results["seconds"] = time.time() - t0
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
