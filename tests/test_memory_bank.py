@@ -291,7 +291,7 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
     a = torch_p.predict_one(image)
     scale = max(1.0, float(np.abs(a.model_map).max()))
     # auto runs the fastest runtime that agrees with ONNX Runtime; an explicit openvino agrees or refuses:
-    # OpenVINO 2026.3-2026.4 computes this graph wrong, and must not be used silently
+    # OpenVINO 2026.3.1-2026.4.1 compute this graph wrong, and must not be used silently
     backends = ["auto", "onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     for backend in backends:
         try:
