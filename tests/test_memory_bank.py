@@ -301,3 +301,25 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
             continue
         b = onnx_p.predict_one(image)
         assert np.abs(a.model_map - b.model_map).max() <= EXPORT_TOLERANCE * scale, backend
+
+
+def test_bank_reads_only_its_candidates_and_keeps_what_all_patches_would_give(monkeypatch):
+    """Fitting keeps only the random MAX_CANDIDATES patches while reading (bounded memory on thousands of
+    tiles) and ends with the same coreset as fitting on every patch."""
+    import rd2t.model.memory_bank as memory_bank_module
+    import rd2t.training.loop as loop
+
+    for module in (loop, memory_bank_module):
+        monkeypatch.setattr(module, "MAX_CANDIDATES", 150)  # below the 6 x 8 x 8 = 384 stride-8 patches
+    model = RD2T(preset("offline", memory_bank=0.05, bank_stride=8, image_size=SIZE), pretrained=False)
+    model.eval()
+    images = torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        loop._fit_patches(model, images, None, batch_size=4)
+        feats = model.teacher_features(to_model_input(images))
+        every = patch_embedding(feats[0], 8)
+    every = every.flatten(2).transpose(1, 2).reshape(-1, every.shape[1])
+    reference = MemoryBank(every.shape[1])
+    reference.fit(every, 0.05, model.config.seed)
+    assert len(reference.patches) == round(0.05 * 384)
+    torch.testing.assert_close(model.memory_bank.patches, reference.patches)

@@ -83,13 +83,14 @@ class MemoryBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def fit(self, embeddings: torch.Tensor, share: float, seed: int = 0) -> None:
-        """Keep `share` of the (N, C) training patches, at least one."""
+    def fit(self, embeddings: torch.Tensor, share: float, seed: int = 0, total: int | None = None) -> None:
+        """Keep `share` of the (N, C) training patches, at least one. `total`: how many patches there were
+        when `embeddings` is already the random subset of them that this method would draw."""
         x = embeddings.float()
         if len(x) > MAX_CANDIDATES:
             g = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(len(x), generator=g)[:MAX_CANDIDATES]]
-        n = max(1, min(len(x), round(share * len(embeddings))))
+        n = max(1, min(len(x), round(share * (total or len(embeddings)))))
         self.patches = x[greedy_coreset(x, n, seed)].contiguous().to(self.patches.device)
         self.fitted = True
 

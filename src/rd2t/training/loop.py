@@ -37,7 +37,7 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
-from rd2t.model.memory_bank import patch_embedding
+from rd2t.model.memory_bank import MAX_CANDIDATES, patch_embedding
 from rd2t.model.network import RD2T
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -200,8 +200,16 @@ def fit_memory_bank(
 
 
 def _fit_patches(model: RD2T, images: torch.Tensor, cache: FeatureCache | None, batch_size: int) -> None:
-    """The coreset of the training images' patches at config.bank_stride."""
+    """The coreset of the training images' patches at config.bank_stride. Only the MAX_CANDIDATES patches
+    the coreset will choose from are kept while reading: thousands of tiles of high-resolution parts hold
+    tens of millions of patches (gigabytes), of which the coreset sees a random 100k anyway."""
     device, stride = next(model.parameters()).device, model.config.bank_stride
+    per_image = (images.shape[-2] // stride) * (images.shape[-1] // stride)
+    total = len(images) * per_image
+    # MemoryBank.fit's own subset (same generator, same order), drawn before reading instead of after
+    wanted = torch.randperm(total, generator=torch.Generator().manual_seed(model.config.seed))
+    wanted = wanted[:MAX_CANDIDATES] if total > MAX_CANDIDATES else torch.arange(total)
+    ordered, order = wanted.sort()
     chunks = []
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
@@ -210,11 +218,16 @@ def _fit_patches(model: RD2T, images: torch.Tensor, cache: FeatureCache | None, 
         else:
             feats = model.teacher_features(to_model_input(images[idx].to(device)))
         e = patch_embedding(feats[0], stride)
-        chunks.append(e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1]).float().cpu())
+        rows = e.flatten(2).transpose(1, 2).reshape(-1, e.shape[1])
+        first = start * per_image
+        mine = ordered[(ordered >= first) & (ordered < first + len(rows))] - first
+        chunks.append(rows[mine.to(rows.device)].float().cpu())
+    candidates = torch.empty(len(wanted), chunks[0].shape[1])
+    candidates[order] = torch.cat(chunks)
     # memory_bank counts kept patches against the stride-8 grid (PatchCore's 1 %) whatever the bank's stride:
     # a stride-4 bank keeps as many patches, from 4x the candidates, so its queries cost 4x, not 16x.
     kept = model.config.memory_bank * (stride / 8) ** 2
-    model.memory_bank.fit(torch.cat(chunks), kept, model.config.seed)
+    model.memory_bank.fit(candidates, kept, model.config.seed, total=total)
 
 
 BANK_SHARES = tuple(i / 10 for i in range(11))
