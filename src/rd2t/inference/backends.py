@@ -94,7 +94,7 @@ class OpenVinoBackend:
     OpenVINO runs bf16 by itself on CPUs with AVX-512-BF16/AMX (maps off by ~3.5 % of their range,
     docs/performance.md), so the precision hint is always set: f32 for `openvino`, bf16 for `openvino-bf16`.
     Opening checks OpenVINO's maps against ONNX Runtime's on one probe image and refuses a disagreement:
-    OpenVINO 2026.3.1-2026.4.1 compute the memory bank's graph wrong (docs/performance.md), and a runtime that
+    OpenVINO 2026.3.0-2026.4.1 compute the memory bank's graph wrong (docs/performance.md), and a runtime that
     is fast and wrong must not be chosen silently.
     """
 
