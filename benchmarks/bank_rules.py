@@ -85,6 +85,20 @@ def blend(terms: torch.Tensor, w: float) -> torch.Tensor:
     return (1 - w) * terms[:, 0] + w * terms[:, 1]
 
 
+def test_set(root: str, category: str, size: int) -> tuple[list, list, torch.Tensor, list]:
+    """An MVTec-layout test split: samples, original sizes, images resized to `size` (uint8), masks."""
+    test, sizes, images = mvtec(root, category).test, [], []
+    for s in test:
+        im = load_image(s.path)
+        sizes.append(im.size)
+        images.append(to_uint8_tensor(im, size))
+    masks = [
+        load_mask(s.mask_path, wh) if s.mask_path else np.zeros(wh[::-1], dtype=bool)
+        for s, wh in zip(test, sizes, strict=True)
+    ]
+    return test, sizes, torch.stack(images), masks
+
+
 def test_figures(maps, val_maps, test, sizes, masks) -> dict:
     scores = maps.flatten(1).amax(1).numpy()
     ev = Evaluator()
@@ -125,19 +139,9 @@ def main() -> None:
     painted, paint = paint_pseudo_defects(
         held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=ckpt.config.seed
     )
-    split = mvtec(a.root, a.category)
-    test, sizes, images = split.test, [], []
-    for s in test:
-        im = load_image(s.path)
-        sizes.append(im.size)
-        images.append(to_uint8_tensor(im, size))
-    images = torch.stack(images)
+    test, sizes, images, masks = test_set(a.root, a.category, size)
     good, bad, terms = z_terms(model, held_out), z_terms(model, painted), z_terms(model, images)
     del images
-    masks = [
-        load_mask(s.mask_path, wh) if s.mask_path else np.zeros(wh[::-1], dtype=bool)
-        for s, wh in zip(test, sizes, strict=True)
-    ]
     print(f"terms of {len(good)} held-out, {len(bad)} painted, {len(test)} test in {time.time() - t0:.0f}s")
 
     q = float(

@@ -27,13 +27,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from bank_rules import blend, test_figures, z_terms  # benchmarks/ is on the path when a script runs
+from bank_rules import blend, test_figures, test_set, z_terms  # benchmarks/ is on the path when a script runs
 
-from rd2t.data import load_image, load_mask, mvtec
 from rd2t.data.pseudo_defects import paint_pseudo_defects
-from rd2t.data.transforms import to_uint8_tensor
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.network import RD2T
 from rd2t.training.loop import (
@@ -67,17 +64,7 @@ def main() -> None:
     painted, paint = paint_pseudo_defects(
         held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=ckpt.config.seed
     )
-    split = mvtec(a.root, a.category)
-    test, sizes, test_images = split.test, [], []
-    for s in test:
-        im = load_image(s.path)
-        sizes.append(im.size)
-        test_images.append(to_uint8_tensor(im, size))
-    test_images = torch.stack(test_images)
-    masks = [
-        load_mask(s.mask_path, wh) if s.mask_path else np.zeros(wh[::-1], dtype=bool)
-        for s, wh in zip(test, sizes, strict=True)
-    ]
+    test, sizes, test_images, masks = test_set(a.root, a.category, size)
     first = 1 if len(held_out) >= FEW_CALIBRATION_IMAGES else 2  # as choose_bank_share
 
     def scored(w: float, good: torch.Tensor, terms: torch.Tensor) -> dict:

@@ -60,6 +60,7 @@ def bank_run(texture_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("bank") / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
     args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--set", "bank_weight=0.5"]
+    args += ["--set", "bank_stride=8"]  # PatchCore's patches; the stride's choice is tested below
     assert main(args) == 0
     model, ckpt = load_model(out / "model.pt")
     return model, ckpt, out
@@ -291,7 +292,7 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
     a = torch_p.predict_one(image)
     scale = max(1.0, float(np.abs(a.model_map).max()))
     # auto runs the fastest runtime that agrees with ONNX Runtime; an explicit openvino agrees or refuses:
-    # OpenVINO 2026.3.1-2026.4.1 compute this graph wrong, and must not be used silently
+    # OpenVINO 2026.3.0-2026.4.1 compute this graph wrong, and must not be used silently
     backends = ["auto", "onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     for backend in backends:
         try:

@@ -128,7 +128,7 @@ def train(
     ] = None,
     bank_weight: Annotated[
         float | None,
-        typer.Option(help="That term's share of the map, 0..1; -1 = chosen on pseudo-defects (default)."),
+        typer.Option(help="That term's share of the map, 0..1; -1 = chosen on pseudo-defects."),
     ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,

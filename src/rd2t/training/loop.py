@@ -379,13 +379,15 @@ def train(
     if resume:  # rank 0 reads the checkpoint and sends it to the others: only its out_dir must hold it
         state = ddp.from_rank0(lambda: Checkpoint.load(last_path) if last_path.exists() else None)
     if state is not None:
-        conflicts = state.config.conflicts(config)
+        # a finished run's last.pt records the bank stride it chose; a request to choose (0) matches it
+        stored = state.config.replace(bank_stride=0) if config.bank_stride == 0 else state.config
+        conflicts = stored.conflicts(config)
         if conflicts:
             raise ConfigError(
                 f"{last_path}: --resume with settings that differ from the checkpoint "
                 f"({'; '.join(conflicts)}); use another --out to train anew"
             )
-        config = state.config.replace(
+        config = stored.replace(
             device=config.device,
             epochs=config.epochs,
             cache=config.cache,

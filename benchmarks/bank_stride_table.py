@@ -1,0 +1,35 @@
+"""The round-5 table of docs/ablations.md from `benchmarks/bank_stride.py`'s JSON files, one row per file.
+
+.venv/bin/python benchmarks/bank_stride_table.py docs/measured/bank_stride/*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cell(f: dict, stride: int | None = None, share: bool = True) -> str:
+    figures = " / ".join(f"{100 * f[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "au_pro"))
+    extra = f" (s{stride}, {f['share']:.1f})" if stride else f" ({f['share']:.1f})"
+    return f"{figures}, {f['false_alarms']} / {f['misses']}" + (extra if share else "")
+
+
+def main() -> None:
+    print(
+        "| set | plain | stride 8, chosen | stride 4, chosen | stride 8, 0.5 | stride 4, 0.5 "
+        "| `bank_stride=0`, chosen | `bank_stride=0`, 0.5 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for path in sys.argv[1:]:
+        r = json.loads(Path(path).read_text())
+        s8, s4 = r["strides"]["8"], r["strides"]["4"]
+        row = [Path(path).stem, cell(r["plain"], share=False)]
+        row += [cell(s8["chosen"]), cell(s4["chosen"]), cell(s8["fixed"]), cell(s4["fixed"])]
+        row += [cell(r[k], r[k]["stride"]) for k in ("auto_chosen", "auto_fixed")]
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
