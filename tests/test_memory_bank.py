@@ -29,7 +29,12 @@ def test_greedy_coreset_covers_every_cluster_before_repeating_one():
     assert torch.equal(picks[nearest] // 200, torch.arange(800) // 200)
 
 
-def test_distance_is_the_nearest_patch_distance():
+@pytest.mark.parametrize("chunk", [1024, 8, 5])
+def test_distance_is_the_nearest_patch_distance(chunk, monkeypatch):
+    """The whole bank at once (1024 > 37 patches) or in chunks, one short: the nearest patch distance."""
+    import rd2t.model.memory_bank as memory_bank_module
+
+    monkeypatch.setattr(memory_bank_module, "DISTANCE_CHUNK", chunk)
     g = torch.Generator().manual_seed(1)
     bank = MemoryBank(5)
     bank.patches = torch.randn(37, 5, generator=g)
@@ -38,6 +43,25 @@ def test_distance_is_the_nearest_patch_distance():
     want = torch.cdist(emb.flatten(2).transpose(1, 2), bank.patches).min(-1).values.view(2, 1, 3, 4)
     assert got.shape == (2, 1, 3, 4)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_bank_keeps_at_most_max_kept_patches(monkeypatch):
+    """1 % of a large tiled set would outgrow MAX_KEPT: the coreset stops there (greedy k-center's first
+    picks, so they still spread over the clusters) and scoring's cost stays bounded."""
+    import rd2t.model.memory_bank as memory_bank_module
+
+    monkeypatch.setattr(memory_bank_module, "MAX_KEPT", 4)
+    g = torch.Generator().manual_seed(2)
+    centres = torch.tensor([[0.0] * 8, [50.0] * 8, [-50.0] * 8, [50.0] * 4 + [-50.0] * 4])
+    x = torch.cat([c + torch.randn(200, 8, generator=g) for c in centres])
+    bank = MemoryBank(8)
+    bank.fit(x, 0.1)  # 80 wanted
+    assert bank.patches.shape == (4, 8)
+    assert sorted(torch.cdist(bank.patches, centres).argmin(1).tolist()) == [0, 1, 2, 3]
+    bank.fit(x, 0.005)  # 4 wanted: the share decides below the cap
+    assert bank.patches.shape == (4, 8)
+    bank.fit(x, 0.0025)
+    assert bank.patches.shape == (2, 8)
 
 
 def test_config_refuses_bad_shares():

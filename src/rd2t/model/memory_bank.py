@@ -23,6 +23,14 @@ from torch import nn
 # Above this many training patches the coreset is chosen from a random subset of them: its cost is
 # candidates x kept (100k x 7k takes ~1 min on one CPU core).
 MAX_CANDIDATES = 100_000
+# At most this many kept patches, whatever the share: every scored patch is compared with each of them, so
+# the bank's cost would otherwise grow with the training set. 1 % of a tiled set's patches outgrows it fast
+# (12 images of 2048 px kept 13.6k stride-4 patches and cost 4.5x the network per tile); magnetic tile's
+# 685 resized images keep 7k, the most of any resized development set, so no resized figure changes.
+MAX_KEPT = 10_000
+# Bank patches compared per step: bounds the (B, patches, chunk) distance matrix that scoring holds
+# (B = 8 tiles of 4096 stride-4 patches against 13.6k kept ones held 4.5 GB at once; chunks of 1024, 270 MB).
+DISTANCE_CHUNK = 1024
 PROJECTION_DIMS = 128  # PatchCore's random projection for the k-center distances
 
 
@@ -84,13 +92,14 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def fit(self, embeddings: torch.Tensor, share: float, seed: int = 0, total: int | None = None) -> None:
-        """Keep `share` of the (N, C) training patches, at least one. `total`: how many patches there were
-        when `embeddings` is already the random subset of them that this method would draw."""
+        """Keep `share` of the (N, C) training patches, at least one and at most MAX_KEPT. `total`: how many
+        patches there were when `embeddings` is already the random subset of them that this method would
+        draw."""
         x = embeddings.float()
         if len(x) > MAX_CANDIDATES:
             g = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(len(x), generator=g)[:MAX_CANDIDATES]]
-        n = max(1, min(len(x), round(share * (total or len(embeddings)))))
+        n = max(1, min(len(x), MAX_KEPT, round(share * (total or len(embeddings)))))
         self.patches = x[greedy_coreset(x, n, seed)].contiguous().to(self.patches.device)
         self.fitted = True
 
@@ -98,9 +107,15 @@ class MemoryBank(nn.Module):
         """(B, C, h, w) -> (B, 1, h, w): Euclidean distance to the nearest kept patch."""
         b, c, h, w = embedding.shape
         e = embedding.flatten(2).transpose(1, 2)  # (B, P, C)
-        # |e|^2 + |m|^2 - 2 e.m as one matmul: exports to ONNX as plain MatMul and ReduceMin
-        d2 = e.pow(2).sum(-1, keepdim=True) + self.patches.pow(2).sum(-1) - 2 * e @ self.patches.T
-        return d2.amin(-1).clamp_min(0).sqrt().view(b, 1, h, w)
+        # min over m of |e|^2 + |m|^2 - 2 e.m, |e|^2 added after the min; a matmul per DISTANCE_CHUNK bank
+        # patches (the bank's size is fixed, so the loop exports to ONNX as a few MatMul/ReduceMin/Min)
+        nearest = None
+        for start in range(0, self.patches.shape[0], DISTANCE_CHUNK):
+            m = self.patches[start : start + DISTANCE_CHUNK]
+            d2 = (m.pow(2).sum(-1) - 2 * e @ m.T).amin(-1)
+            nearest = d2 if nearest is None else torch.minimum(nearest, d2)
+        d2 = nearest + e.pow(2).sum(-1)
+        return d2.clamp_min(0).sqrt().view(b, 1, h, w)
 
     def standardise(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Both terms z-scored by their pixel mean and std on the held-out good images."""
