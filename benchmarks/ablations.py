@@ -42,11 +42,13 @@ DATASETS = {
 }
 
 
-def _config(row: str, epochs: int, device: str, val_fraction: float):
+def _config(row: str, epochs: int, device: str, val_fraction: float, memory_bank: float | None = None):
     from rd2t.config import preset
 
     spec = ROWS[row]
     common = dict(epochs=epochs, device=device, val_fraction=val_fraction)
+    if memory_bank is not None:  # the figures in docs/ablations.md are of the plain model: --memory-bank 0
+        common["memory_bank"] = memory_bank
     if isinstance(spec, str):
         return preset(spec, **common)
     return preset("offline", **common, **spec)
@@ -63,6 +65,7 @@ def _run(
     resized: bool,
     threads: int,
     val_fraction: float = 0.1,
+    memory_bank: float | None = None,
 ) -> dict:
     import torch
 
@@ -80,7 +83,7 @@ def _run(
         size_of = lambda s, wh: tuple(sizes[str(s.path.relative_to(root / category))])  # noqa: E731
     slug = row.split(" (")[0].replace(" ", "_").replace(",", "")
     job = Job("mvtec", str(root), category, seed, str(Path(out) / dataset / slug))
-    rec = run_job(job, _config(row, epochs, device, val_fraction), split=split, size_of=size_of)
+    rec = run_job(job, _config(row, epochs, device, val_fraction, memory_bank), split=split, size_of=size_of)
     rec["row"], rec["dataset"] = row, dataset
     if "metrics_at_256" not in rec:
         # Also score at the model's 256 px, as many papers' code and the DESIGN reference sketch do.
@@ -136,6 +139,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--resized", action="store_true")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="good training images held out")
+    ap.add_argument("--memory-bank", type=float, help="config.memory_bank (default: each preset's; 0: plain)")
     a = ap.parse_args()
     threads = max(1, (os.cpu_count() or 2) // a.workers)
     synth = [DATASETS[d][1] for d in a.datasets if d.startswith("synth_")]
@@ -144,7 +148,7 @@ def main() -> None:
 
         make_dataset(Path(a.data) / "synth", seed=0, categories=tuple(synth))
     args = [
-        (row, ds, a.data, seed, a.out, a.epochs, a.device, a.resized, threads, a.val_fraction)
+        (row, ds, a.data, seed, a.out, a.epochs, a.device, a.resized, threads, a.val_fraction, a.memory_bank)
         for ds in a.datasets
         for seed in range(a.seeds)
         for row in a.rows

@@ -48,6 +48,15 @@ from rd2t.training.loop import (
 FIXED_SHARE = 0.5
 
 
+def by_good_maxima(good: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Each z-scored term divided by its mean per-image maximum on the held-out good images: the "max"
+    variant (this session's question). The z-score equalises the terms' pixel spread; the image score and
+    the threshold live in the tail, where a term with spurious peaks on good images (the student on a varied
+    texture?) would then weigh less."""
+    scale = good.flatten(2).amax(2).mean(0).clamp_min(1e-6)[None, :, None, None]
+    return [t / scale for t in (good, *others)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a trained plain checkpoint (no bank needed)")
@@ -94,10 +103,14 @@ def main() -> None:
             "fixed": scored(FIXED_SHARE, good, terms),
         }
         assert best_share(table, first) == share
+        g_max, b_max, t_max = by_good_maxima(good, bad, terms)
+        _, _, row["criterion_max"] = choose_bank_share(g_max, b_max, paint, (FIXED_SHARE,))
+        row["max"] = scored(FIXED_SHARE, g_max, t_max)
+        row["good_maxima"] = good.flatten(2).amax(2).mean(0).tolist()
         if "plain" not in results:
             results["plain"] = scored(0.0, good, terms)
         results["strides"][stride] = row
-        for name in ("chosen", "fixed"):
+        for name in ("chosen", "fixed", "max"):
             f = row[name]
             print(
                 f"stride {stride} {name} (w {f['share']:.1f}, criterion {row['criterion_' + name]:.4f}): "
@@ -105,7 +118,7 @@ def main() -> None:
                 + f", {f['false_alarms']} FA / {f['misses']} misses",
                 flush=True,
             )
-    for name in ("chosen", "fixed"):
+    for name in ("chosen", "fixed", "max"):
         pick = best_stride({s: r[f"criterion_{name}"] for s, r in results["strides"].items()})
         results[f"auto_{name}"] = {"stride": pick, **results["strides"][pick][name]}
         print(f"bank_stride=0, {name} share: stride {pick}", flush=True)

@@ -1,6 +1,8 @@
-"""The round-5 table of docs/ablations.md from `benchmarks/bank_stride.py`'s JSON files, one row per file.
+"""The round-5 table of docs/ablations.md from `benchmarks/bank_stride.py`'s JSON files, one row per file;
+with --max first, round 6's: the z-scored sum (the default) against the terms scaled by their good maxima.
 
 .venv/bin/python benchmarks/bank_stride_table.py docs/measured/bank_stride/*.json
+.venv/bin/python benchmarks/bank_stride_table.py --max docs/measured/bank_stride_max/*.json
 """
 
 from __future__ import annotations
@@ -16,7 +18,26 @@ def cell(f: dict, stride: int | None = None, share: bool = True) -> str:
     return f"{figures}, {f['false_alarms']} / {f['misses']}" + (extra if share else "")
 
 
+def max_table(paths: list[str]) -> None:
+    print(
+        "| set | plain | `bank_stride=0`, 0.5 (default) | stride 8, max | stride 4, max "
+        "| `bank_stride=0`, max | good maxima s8 (student, kNN) | good maxima s4 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        s8, s4 = r["strides"]["8"], r["strides"]["4"]
+        row = [Path(path).stem, cell(r["plain"], share=False)]
+        row += [cell(r["auto_fixed"], r["auto_fixed"]["stride"])]
+        row += [cell(s8["max"], share=False), cell(s4["max"], share=False)]
+        row += [cell(r["auto_max"], r["auto_max"]["stride"])]
+        row += [", ".join(f"{m:.2f}" for m in s["good_maxima"]) for s in (s8, s4)]
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
+    if sys.argv[1] == "--max":
+        return max_table(sys.argv[2:])
     print(
         "| set | plain | stride 8, chosen | stride 4, chosen | stride 8, 0.5 | stride 4, 0.5 "
         "| `bank_stride=0`, chosen | `bank_stride=0`, 0.5 |"

@@ -32,7 +32,8 @@ def one(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     from rd2t.config import preset
 
-    cfg = preset("offline", image_size=args.size, epochs=args.epochs, batch_size=8, device="cpu")
+    bank = {} if args.memory_bank is None else {"memory_bank": args.memory_bank}
+    cfg = preset("offline", image_size=args.size, epochs=args.epochs, batch_size=8, device="cpu", **bank)
     cats = args.categories.split(",")
     records = benchmark(
         "folder", args.data, cats, cfg, args.seeds, args.out, workers=args.workers, progress=False
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2, help="compared with 1")
     ap.add_argument("--runs", type=int, default=2, help="best of")
+    ap.add_argument("--memory-bank", type=float, help="config.memory_bank (default: offline's; 0: plain)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -90,6 +92,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", "--data", str(data), "--out", str(out)]
             cmd += ["--workers", str(workers), "--threads", str(n_threads), "--categories", args.categories]
             cmd += ["--seeds", str(args.seeds), "--size", str(args.size), "--epochs", str(args.epochs)]
+            cmd += ["--memory-bank", str(args.memory_bank)] if args.memory_bank is not None else []
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - t0)

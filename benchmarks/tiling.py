@@ -113,6 +113,18 @@ def generate(out: Path, size: int, n_train: int, n_good: int, n_bad: int, seed: 
 # ---- tiled vs resized ----------------------------------------------------------------------------------
 
 
+CONFIG_KEYS = (
+    "image_size",
+    "tile",
+    "stride",
+    "scale",
+    "tile_fraction",
+    "epochs",
+    "memory_bank",
+    "bank_stride",
+)
+
+
 def compare(args) -> None:
     import torch
 
@@ -132,6 +144,8 @@ def compare(args) -> None:
                 continue
             fields = dict(ROWS[name])
             epochs = args.epochs * fields.pop("epoch_factor", 1)
+            if args.memory_bank is not None:  # the plain rows in docs/high-resolution.md: --memory-bank 0
+                fields["memory_bank"] = args.memory_bank
             cfg = preset("offline", epochs=epochs, seed=seed, device="cpu", cache=args.cache, **fields)
             t0 = time.perf_counter()
             result = train(cfg, [s.path for s in split.train], folder, progress=False)
@@ -148,9 +162,8 @@ def compare(args) -> None:
             row = {
                 "row": name,
                 "seed": seed,
-                "config": {
-                    k: getattr(cfg, k)
-                    for k in ("image_size", "tile", "stride", "scale", "tile_fraction", "epochs")
+                "config": {  # the trained model's: bank_stride 0 has become the stride chosen
+                    k: getattr(result.model.config, k) for k in CONFIG_KEYS
                 },
                 **{k: ev.metrics.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap")},
                 "train_s": round(train_s, 1),
@@ -313,6 +326,7 @@ def main() -> None:
     c.add_argument("--seed-list", type=int, nargs="+", help="these seeds instead of 0..seeds-1")
     c.add_argument("--cache", default="memory", choices=["memory", "disk", "none"])
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--memory-bank", type=float, help="config.memory_bank (default: offline's; 0: plain)")
     d = sub.add_parser("per_defect")
     for flag, default in (("--data", None), ("--dataset", "mvtec"), ("--category", "weave"), ("--out", None)):
         d.add_argument(flag, default=default, required=default is None)

@@ -97,11 +97,14 @@ def main() -> None:
     ap.add_argument(
         "--checkpoint-every", type=float, default=None, help="checkpoint_every_s (None: the config default)"
     )
+    ap.add_argument("--memory-bank", type=float, help="config.memory_bank (default: each preset's; 0: plain)")
     ap.add_argument("--one", nargs=2, metavar=("PRESET", "CACHE"), help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if a.one:
         extra = {} if a.checkpoint_every is None else {"checkpoint_every_s": a.checkpoint_every}
+        if a.memory_bank is not None:
+            extra["memory_bank"] = a.memory_bank
         print(json.dumps(measure(a.one[0], a.one[1], a.data, a.epochs, a.threads, a.limit, **extra)))
         return
     rows = []
@@ -122,6 +125,7 @@ def main() -> None:
             ]
             cmd += ["--limit", str(a.limit)] if a.limit else []
             cmd += ["--checkpoint-every", str(a.checkpoint_every)] if a.checkpoint_every is not None else []
+            cmd += ["--memory-bank", str(a.memory_bank)] if a.memory_bank is not None else []
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
             r = rows[-1]
             print(
