@@ -270,6 +270,36 @@ def test_training_chooses_share_and_stride_on_pseudo_defects(texture_set, tmp_pa
     assert ckpt.calibration.scores == pytest.approx(scores.tolist(), rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("scale", ["std", "max"])
+def test_bank_scale_puts_each_term_on_its_own_good_spread_or_peaks(texture_set, scale):
+    """std: each standardised term has pixel mean 0 and std 1 on the held-out good images; max: their mean
+    per-image maximum is 1 instead (the z-score divided by it), so a term that peaks high on good images
+    weighs less in the sum."""
+    from rd2t.data import list_images
+    from rd2t.training.loop import fit_memory_bank, load_training_images
+
+    config = preset("offline", memory_bank=0.05, bank_stride=8, bank_weight=0.5, image_size=SIZE)
+    torch.manual_seed(0)
+    model = RD2T(config.replace(bank_scale=scale), pretrained=False).eval()
+    paths = list_images(texture_set / "train/good")
+    images, _ = load_training_images(paths[:-3], SIZE, False)
+    held_out, _ = load_training_images(paths[-3:], SIZE, False)
+    with torch.no_grad():
+        fit_memory_bank(model, images, held_out, None, batch_size=4)
+        feats = model.teacher_features(to_model_input(held_out))
+        terms = model.memory_bank.standardise(*model.term_maps(feats, model.reconstruct(feats), (SIZE, SIZE)))
+    for t in terms:
+        t = t.double()
+        if scale == "std":
+            assert float(t.mean()) == pytest.approx(0, abs=1e-3)
+            assert float(t.std()) == pytest.approx(1, abs=1e-3)
+        else:
+            assert float(t.flatten(1).amax(1).mean()) == pytest.approx(1, abs=1e-4)
+            assert float(t.std()) < 1  # z-scored maps of good images peak above one std
+    with pytest.raises(ConfigError, match="bank_scale"):
+        config.replace(bank_scale="max1")
+
+
 def test_unchosen_stride_loads_as_an_unfitted_stride_8_bank():
     """A checkpoint written before training chose the stride (last.pt of an interrupted run) still loads."""
     model = RD2T(preset("offline", memory_bank=0.01, bank_stride=0), pretrained=False)

@@ -56,6 +56,12 @@ class Config:
     bank_stride: int = _f(
         8, MODEL, "stride of the bank's patches: 8 (PatchCore's), 4 (finer map), 0 = chosen on pseudo-defects"
     )
+    bank_scale: str = _f(
+        "std",
+        MODEL,
+        "each term's scale on held-out good images before the sum: std (pixel z-score) | max (the z-score's "
+        "mean per-image maximum; docs/ablations.md, round 6)",
+    )
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -127,6 +133,8 @@ class Config:
             bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
         if self.bank_stride not in (0, 4, 8):
             bad("bank_stride", "4, 8 or 0 (chosen on pseudo-defects)")
+        if self.bank_scale not in ("std", "max"):
+            bad("bank_scale", "std or max")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:

@@ -179,6 +179,11 @@ def fit_memory_bank(
         good = terms_of(held_out)
         mean, std = (f(good.double().transpose(0, 1).flatten(1), 1) for f in (torch.mean, torch.std))
         model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
+        if config.bank_scale == "max":
+            # The image score and the threshold live in each map's tail, not its pixel spread: a term with
+            # high peaks on good images (the student on a varied texture) then weighs less.
+            peaks = zscored(good).flatten(2).amax(2).mean(0).clamp_min(1e-6)
+            model.memory_bank.zscore[1::2] *= peaks
         if not choose:
             fitted[stride] = (0.0, config.bank_weight, model.memory_bank)
             break
