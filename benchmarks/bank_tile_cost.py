@@ -51,7 +51,7 @@ def measure(model_path: str, batch: int, threads: int, drop_bank: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
-    ap.add_argument("--batch", type=int, default=8, help="tiles per batch (the predictor scores 16 at a time by default)")
+    ap.add_argument("--batch", type=int, default=8, help="tiles per batch (the predictor: 16)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--one", choices=["bank", "plain"], help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -29,13 +29,15 @@ def main() -> None:
     ap.add_argument("--bank-weight", type=float, default=-1.0, help="config.bank_weight (-1: pseudo-defects)")
     stride_help = "config.bank_stride: 8, 4 or 0 = chosen (default: the model's)"
     ap.add_argument("--bank-stride", type=int, default=None, help=stride_help)
+    ap.add_argument("--bank-scale", choices=["std", "max"], help="config.bank_scale (default: the model's)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
     stride = ckpt.config.bank_stride if a.bank_stride is None else a.bank_stride
+    scale = a.bank_scale or ckpt.config.bank_scale
     config = ckpt.config.replace(
-        memory_bank=a.share, bank_weight=a.bank_weight, bank_stride=stride, device="cpu"
+        memory_bank=a.share, bank_weight=a.bank_weight, bank_stride=stride, bank_scale=scale, device="cpu"
     )
     model = RD2T(config, pretrained=False)
     missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
