@@ -342,7 +342,8 @@ def test_tiled_model_fits_its_bank_on_tiles_and_exports_it(texture_set, tmp_path
         assert float(z.double().flatten(1).amax(1).mean()) == pytest.approx(1, abs=1e-4)
     torch_p = Predictor.open(out / "model.pt")
     again = [p.score for p in torch_p.predict(ckpt.val_files)]
-    np.testing.assert_allclose(again, ckpt.calibration.scores, rtol=1e-5)
+    # float32 sums in other batch groupings: ~3e-6 apart on scores of order 1 (2 threads)
+    np.testing.assert_allclose(again, ckpt.calibration.scores, rtol=1e-5, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["export", str(out / "model.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
