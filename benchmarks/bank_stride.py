@@ -32,6 +32,7 @@ from bank_rules import blend, test_figures, test_set, z_terms  # benchmarks/ is 
 
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.memory_bank import good_peaks
 from rd2t.model.network import RD2T
 from rd2t.training.loop import (
     BANK_STRIDES,
@@ -46,15 +47,6 @@ from rd2t.training.loop import (
 )
 
 FIXED_SHARE = 0.5
-
-
-def by_good_maxima(good: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Each z-scored term divided by its mean per-image maximum on the held-out good images: the "max"
-    variant (this session's question). The z-score equalises the terms' pixel spread; the image score and
-    the threshold live in the tail, where a term with spurious peaks on good images (the student on a varied
-    texture?) would then weigh less."""
-    scale = good.flatten(2).amax(2).mean(0).clamp_min(1e-6)[None, :, None, None]
-    return [t / scale for t in (good, *others)]
 
 
 def main() -> None:
@@ -84,7 +76,11 @@ def main() -> None:
     for stride in BANK_STRIDES:
         t1 = time.time()
         # fixed weight: fit_memory_bank only fits and z-scores; the share is chosen below, as training does
-        config = ckpt.config.replace(memory_bank=a.share, bank_weight=FIXED_SHARE, bank_stride=stride)
+        # bank_scale std: the z-scored terms, as round 5's default; the max variant is scaled from them below
+        # exactly as training does (good_peaks), whatever the plain model's own config says
+        config = ckpt.config.replace(
+            memory_bank=a.share, bank_weight=FIXED_SHARE, bank_stride=stride, bank_scale="std"
+        )
         model = RD2T(config.replace(device="cpu"), pretrained=False)
         model.load_state_dict(ckpt.weights, strict=False)
         with torch.no_grad():
@@ -103,10 +99,12 @@ def main() -> None:
             "fixed": scored(FIXED_SHARE, good, terms),
         }
         assert best_share(table, first) == share
-        g_max, b_max, t_max = by_good_maxima(good, bad, terms)
+        # bank_scale max (round 6): each z-scored term divided by its mean peak on the held-out images
+        peaks = good_peaks(good)
+        g_max, b_max, t_max = (t / peaks[None, :, None, None] for t in (good, bad, terms))
         _, _, row["criterion_max"] = choose_bank_share(g_max, b_max, paint, (FIXED_SHARE,))
         row["max"] = scored(FIXED_SHARE, g_max, t_max)
-        row["good_maxima"] = good.flatten(2).amax(2).mean(0).tolist()
+        row["good_maxima"] = peaks.tolist()
         if "plain" not in results:
             results["plain"] = scored(0.0, good, terms)
         results["strides"][stride] = row

@@ -19,14 +19,10 @@ def measure(model_path: str, batch: int, threads: int, drop_bank: bool) -> dict:
     import torch
 
     from rd2t.data.transforms import to_model_input
-    from rd2t.model.checkpoint import Checkpoint
-    from rd2t.model.network import RD2T
+    from rd2t.model.loading import load_model
 
     torch.set_num_threads(threads)
-    ckpt = Checkpoint.load(model_path)
-    model = RD2T(ckpt.config.replace(device="cpu"), pretrained=False)
-    model.load_state_dict(ckpt.weights)
-    model.eval()
+    model, _ = load_model(model_path)
     if drop_bank and model.memory_bank is not None:
         model.memory_bank.set_share(0)
     size = model.config.image_size

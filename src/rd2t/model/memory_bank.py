@@ -69,6 +69,12 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return picks
 
 
+def good_peaks(terms: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W) standardised term maps of good images -> (2,): each term's mean per-image maximum, the
+    divisor of `bank_scale = max` (the image score and the threshold live in a map's peaks)."""
+    return terms.flatten(2).amax(2).mean(0).clamp_min(1e-6)
+
+
 class MemoryBank(nn.Module):
     """Kept training patches and the z-scores that put their distance on the student map's scale."""
 

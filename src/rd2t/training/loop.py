@@ -37,7 +37,7 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
-from rd2t.model.memory_bank import MAX_CANDIDATES, patch_embedding
+from rd2t.model.memory_bank import MAX_CANDIDATES, good_peaks, patch_embedding
 from rd2t.model.network import RD2T
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -182,8 +182,7 @@ def fit_memory_bank(
         if config.bank_scale == "max":
             # The image score and the threshold live in each map's tail, not its pixel spread: a term with
             # high peaks on good images (the student on a varied texture) then weighs less.
-            peaks = zscored(good).flatten(2).amax(2).mean(0).clamp_min(1e-6)
-            model.memory_bank.zscore[1::2] *= peaks
+            model.memory_bank.zscore[1::2] *= good_peaks(zscored(good))
         if not choose:
             fitted[stride] = (0.0, config.bank_weight, model.memory_bank)
             break
