@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threshold_rules import rule_trade  # benchmarks/ is on the path when a script runs
 
 from rd2t.calibration import threshold_from_scores
 from rd2t.data import load_image, load_mask, mvtec
@@ -107,8 +108,10 @@ def test_figures(maps, val_maps, test, sizes, masks) -> dict:
     m = ev.compute()
     per = ev.compute_by_defect()
     labels = np.array([s.label for s in test], dtype=bool)
-    th = threshold_from_scores(val_maps.flatten(1).amax(1).numpy(), "mean+3std")
+    val_scores = val_maps.flatten(1).amax(1).numpy()
+    th = threshold_from_scores(val_scores, "mean+3std")
     return {
+        "rules": rule_trade(val_scores, scores, labels),
         "image_auroc": m["image_auroc"],
         "pixel_auroc": m["pixel_auroc"],
         "au_pro": m["au_pro"],

@@ -113,6 +113,18 @@ def test_evaluate_writes_json_markdown_and_report(trained_cli, texture_set, tmp_
     assert set(metrics["per_defect"]) == {"stain"}
     assert 0.0 <= metrics["metrics"]["au_pro"] <= 1.0
     assert "| all |" in (tmp_path / "metrics.md").read_text()
+    # one row per test image, the score the model gives it and the verdict at the stored threshold
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    test = sorted((texture_set / "test").rglob("*.png"))
+    assert sorted(Path(r["path"]) for r in rows) == test
+    det = Detector.load(trained_cli)
+    some = [rows[0], rows[-1]]
+    for r, p in zip(some, det.predict([Path(r["path"]) for r in some]), strict=True):
+        assert float(r["score"]) == pytest.approx(p.score, rel=1e-5)
+        assert r["defective"] == str(p.score > det.threshold)
+        assert r["label"] == ("0" if r["defect_type"] == "good" else "1")
+    alarms = sum(r["defective"] == "True" and r["label"] == "0" for r in rows)
+    assert metrics["metrics"]["false_alarms"] == alarms
     html = (tmp_path / "report.html").read_text()
     assert "stain" in html and "http://" not in html
 

@@ -240,8 +240,9 @@ class Detector:
         progress: bool = True,
         title: str | None = None,
     ):
-        """Metrics at the images' original resolution; with `out`, metrics.json/.md and report.html."""
-        from rd2t.evaluation.evaluate import evaluate, metrics_markdown
+        """Metrics at the images' original resolution; with `out`, metrics.json/.md, scores.csv (one row per
+        test image: what a threshold study needs) and report.html."""
+        from rd2t.evaluation.evaluate import evaluate, metrics_markdown, scores_csv
 
         if out is not None:
             check_writable(out)
@@ -261,6 +262,7 @@ class Detector:
         }
         atomic_write(out / "metrics.json", json.dumps(record, indent=1, default=float))
         atomic_write(out / "metrics.md", metrics_markdown(res, split.name))
+        atomic_write(out / "scores.csv", scores_csv(res))
         if report:
             res.report_path = self.write_report(out / "report.html", res, title or split.name)
         return res

@@ -6,6 +6,8 @@ before any pixel metric, as MVTec's official evaluation requires. Nothing here i
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +125,19 @@ def evaluate(
         if masks:
             result.curves["pro"] = pro_curve(masks, maps)
     return result
+
+
+def scores_csv(result: EvalResult) -> str:
+    """One row per scored test image: path, defect type, label (1 = defective), score and, with a threshold,
+    the verdict. Enough to study any threshold offline (benchmarks/threshold_rules.py --scores)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "defect_type", "label", "score", "defective"])
+    dec = result.decisions()
+    for i, s in enumerate(result.scored):
+        verdict = "" if dec is None else bool(dec[i])
+        w.writerow([s.sample.path, s.sample.defect_type, int(s.sample.label), repr(float(s.score)), verdict])
+    return buf.getvalue()
 
 
 def metrics_markdown(result: EvalResult, title: str) -> str:
