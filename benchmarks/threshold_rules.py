@@ -21,23 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from rd2t.calibration import threshold_from_scores
+from rd2t.calibration import threshold_from_scores, threshold_trade
 from rd2t.data.datasets import open_dataset
 from rd2t.inference.predictor import Predictor
 from rd2t.model.checkpoint import Checkpoint
 
-RULES = ("max", "mean+3std", "mean+2std", "quantile:0.99", "quantile:0.95", "quantile:0.9")
 ORACLE_FALSE_ALARMS = (0.0, 0.01, 0.02, 0.05)  # shares of the test's good images
 
 
 def rule_trade(val_scores: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> dict:
-    """{rule: [false alarms, misses]} on the test set for each rule applied to the held-out good scores,
-    and {"oracle@B": ...}: the fewest misses at a false-alarm budget B on the test's own good images."""
+    """{rule: [false alarms, misses]} on the test set for each rule applied to the held-out good scores (as
+    `rd2t evaluate` writes them), and {"oracle@B": ...}: the fewest misses at a false-alarm budget B on the
+    test's own good images."""
+    out = {r["rule"]: [r["false_alarms"], r["misses"]] for r in threshold_trade(val_scores, scores, labels)}
     good, bad = np.sort(scores[~labels]), scores[labels]
-    out = {}
-    for rule in RULES:
-        th = threshold_from_scores(val_scores, rule)
-        out[rule] = [int((good > th).sum()), int((bad <= th).sum())]
     for budget in ORACLE_FALSE_ALARMS:
         th = good[len(good) - 1 - int(budget * len(good))]  # that many good scores may lie above it
         out[f"oracle@{budget:g}"] = [int((good > th).sum()), int((bad <= th).sum())]

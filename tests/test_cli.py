@@ -125,6 +125,18 @@ def test_evaluate_writes_json_markdown_and_report(trained_cli, texture_set, tmp_
         assert r["label"] == ("0" if r["defect_type"] == "good" else "1")
     alarms = sum(r["defective"] == "True" and r["label"] == "0" for r in rows)
     assert metrics["metrics"]["false_alarms"] == alarms
+    # what each threshold rule, applied to the stored held-out good scores, gives on this test set
+    trade = {r["rule"]: r for r in metrics["threshold_rules"]}
+    stored = trade[det.calibration.rule]
+    assert stored["stored"] and sum(r["stored"] for r in trade.values()) == 1
+    assert stored["threshold"] == pytest.approx(det.threshold)
+    assert (stored["false_alarms"], stored["misses"]) == (alarms, metrics["metrics"]["misses"])
+    top = max(det.calibration.scores)
+    assert trade["max"]["threshold"] == pytest.approx(top)
+    scores = np.array([float(r["score"]) for r in rows])
+    bad = np.array([r["label"] == "1" for r in rows])
+    assert trade["max"]["misses"] == int((scores[bad] <= top).sum())
+    assert "| max |" in (tmp_path / "metrics.md").read_text()
     html = (tmp_path / "report.html").read_text()
     assert "stain" in html and "http://" not in html
 

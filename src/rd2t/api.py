@@ -258,6 +258,7 @@ class Detector:
             "metrics": res.metrics,
             "per_defect": res.per_defect,
             "threshold": res.threshold,
+            "threshold_rules": res.trade,
             "skipped": res.skipped,
         }
         atomic_write(out / "metrics.json", json.dumps(record, indent=1, default=float))

@@ -50,6 +50,29 @@ def threshold_from_scores(scores, rule: str) -> float:
     return float(scores.mean() + k * scores.std(ddof=1 if len(scores) > 1 else 0))
 
 
+# The rules `rd2t evaluate` compares on a labelled test set: from no false alarm on the held-out images
+# (max) to one in ten of them (quantile:0.9).
+COMPARED_RULES = ("max", "mean+3std", "mean+2std", "quantile:0.99", "quantile:0.95", "quantile:0.9")
+
+
+def threshold_trade(good_scores, scores, labels, rules=COMPARED_RULES) -> list[dict]:
+    """For each rule applied to the defect-free `good_scores`: its threshold and the false alarms and misses
+    it gives on labelled `scores` (labels: 1 = defective). What a user reads before moving a threshold."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    rows = []
+    for rule in dict.fromkeys(rules):  # keeps order, drops a repeated rule
+        th = threshold_from_scores(good_scores, rule)
+        rows.append(
+            {
+                "rule": rule,
+                "threshold": th,
+                "false_alarms": int((scores[~labels] > th).sum()),
+                "misses": int((scores[labels] <= th).sum()),
+            }
+        )
+    return rows
+
+
 def map_range_from(good_map_median: float, threshold: float) -> tuple[float, float]:
     """Colour scale: from the typical defect-free map level to where the threshold sits at 3/4."""
     low = float(good_map_median)

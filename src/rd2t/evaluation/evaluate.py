@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from rd2t.calibration import COMPARED_RULES, threshold_trade
 from rd2t.data import Sample, Split, load_mask
 from rd2t.data.transforms import resize_map
 from rd2t.errors import RD2TError
@@ -61,6 +62,8 @@ class EvalResult:
     threshold: float | None = None
     curves: dict = field(default_factory=dict)
     skipped: int = 0
+    trade: list[dict] = field(default_factory=list)  # calibration.threshold_trade on this test set
+    trade_from: int = 0  # how many held-out good scores the rules were applied to
     report_path: Path | None = None  # set when an HTML report was written
 
     def decisions(self) -> np.ndarray | None:
@@ -114,11 +117,19 @@ def evaluate(
         threshold,
         skipped=len(split.test) - len(scored),
     )
+    labels = np.array([s.sample.label for s in scored], dtype=bool)
     if threshold is not None:
-        labels = np.array([s.sample.label for s in scored], dtype=bool)
         dec = result.decisions()
         result.metrics["false_alarms"] = int((dec & ~labels).sum())
         result.metrics["misses"] = int((~dec & labels).sum())
+    cal = predictor.calibration
+    if cal is not None and cal.scores and scored:
+        # what each rule, applied to the same held-out good scores, would have given here
+        rules = (*COMPARED_RULES, cal.rule) if cal.rule else COMPARED_RULES
+        result.trade = threshold_trade(cal.scores, [s.score for s in scored], labels, rules)
+        for r in result.trade:
+            r["stored"] = r["rule"] == cal.rule
+        result.trade_from = len(cal.scores)
     if curves:
         labels = [s.sample.label for s in scored]
         result.curves["roc"] = roc_curve_points(labels, [s.score for s in scored])
@@ -153,4 +164,17 @@ def metrics_markdown(result: EvalResult, title: str) -> str:
         lines.append(f"| {defect} | " + " | ".join(fmt(m.get(k)) for k in keys) + " |")
     if not result.has_masks:
         lines.append("\nNo ground-truth masks: image-level metrics only.")
+    if result.trade:
+        n_good, n_bad = (sum(s.sample.label == k for s in result.scored) for k in (0, 1))
+        lines += [
+            "",
+            f"Threshold rules, each applied to the model's {result.trade_from} held-out good scores "
+            f"(false alarms of {n_good} good / misses of {n_bad} defective test images):",
+            "",
+            "| rule | threshold | false alarms | misses |",
+            "|---|---|---|---|",
+        ]
+        for r in result.trade:
+            rule = f"**{r['rule']}** (stored)" if r.get("stored") else r["rule"]
+            lines.append(f"| {rule} | {r['threshold']:.4f} | {r['false_alarms']} | {r['misses']} |")
     return "\n".join(lines) + "\n"
