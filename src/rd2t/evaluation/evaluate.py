@@ -118,6 +118,7 @@ def evaluate(
         skipped=len(split.test) - len(scored),
     )
     labels = np.array([s.sample.label for s in scored], dtype=bool)
+    scores = np.array([s.score for s in scored], dtype=np.float64)
     if threshold is not None:
         dec = result.decisions()
         result.metrics["false_alarms"] = int((dec & ~labels).sum())
@@ -126,13 +127,12 @@ def evaluate(
     if cal is not None and cal.scores and scored:
         # what each rule, applied to the same held-out good scores, would have given here
         rules = (*COMPARED_RULES, cal.rule) if cal.rule else COMPARED_RULES
-        result.trade = threshold_trade(cal.scores, [s.score for s in scored], labels, rules)
+        result.trade = threshold_trade(cal.scores, scores, labels, rules)
         for r in result.trade:
             r["stored"] = r["rule"] == cal.rule
         result.trade_from = len(cal.scores)
     if curves:
-        labels = [s.sample.label for s in scored]
-        result.curves["roc"] = roc_curve_points(labels, [s.score for s in scored])
+        result.curves["roc"] = roc_curve_points(labels, scores)
         if masks:
             result.curves["pro"] = pro_curve(masks, maps)
     return result
