@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from peers_accuracy import report  # benchmarks/ is on the path when a script runs
 from PIL import Image
 
 from rd2t.api import Detector
@@ -114,18 +115,12 @@ def evaluate(model: Path, root: Path, original: Path, out: Path | None) -> dict:
         "good": int((~labels_a).sum()),
         "defective": int(labels_a.sum()),
     }
-    m = result["metrics"]
-    print(
-        f"{model}: image {m['image_auroc']:.4f} pixel {m['pixel_auroc']:.4f} au_pro {m['au_pro']:.4f}; "
-        f"whole-map image {result['image_auroc_whole_map']:.4f}; "
+    head = (
+        f"{model} (whole-map image AUROC {result['image_auroc_whole_map']:.4f}; "
         f"{result['false_alarms']}/{result['good']} false alarms, "
-        f"{result['misses']}/{result['defective']} misses"
+        f"{result['misses']}/{result['defective']} misses)"
     )
-    for d, v in sorted(result["per_defect"].items()):
-        print(f"  {d}: {v['image_auroc']:.4f} / {v['pixel_auroc']:.4f} / {v['au_pro']:.4f}")
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+    report(result, head, out)
     return result
 
 

@@ -153,14 +153,19 @@ def metrics(root: Path, scored: Path, out: Path | None) -> dict:
         mask = load_mask(s.mask_path, size) if s.mask_path else np.zeros(full.shape, bool)
         ev.add(s.label, float(scores[i]), full, mask, s.defect_type)
     result = {"info": info, "metrics": ev.compute(), "per_defect": ev.compute_by_defect()}
+    report(result, str(scored), out)
+    return result
+
+
+def report(result: dict, head: str, out: Path | None) -> None:
+    """Print the overall and per-defect figures (image / pixel AUROC / AU-PRO) and write the JSON."""
     m = result["metrics"]
-    print(f"{scored}: image {m['image_auroc']:.4f} pixel {m['pixel_auroc']:.4f} au_pro {m['au_pro']:.4f}")
+    print(f"{head}: image {m['image_auroc']:.4f} pixel {m['pixel_auroc']:.4f} au_pro {m['au_pro']:.4f}")
     for d, v in sorted(result["per_defect"].items()):
         print(f"  {d}: {v['image_auroc']:.4f} / {v['pixel_auroc']:.4f} / {v['au_pro']:.4f}")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
-    return result
 
 
 def table(files: list[Path]) -> None:
