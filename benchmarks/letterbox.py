@@ -40,18 +40,20 @@ from rd2t.evaluation.metrics import Evaluator, image_auroc
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def letterbox(img: Image.Image, size: int) -> tuple[Image.Image, list[int]]:
-    """The image resized so its long side is `size`, centred on a square of its mean colour; the box
-    (x0, y0, x1, y1) its content occupies."""
+def letterbox(img: Image.Image, size: int, fill, resample=Image.BILINEAR) -> tuple[Image.Image, list[int]]:
+    """The image resized so its long side is `size`, centred on a square of `fill`; the box (x0, y0, x1, y1)
+    its content occupies. Bilinear is the filter rd2t's own resize uses; masks take nearest."""
     w, h = img.size
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    content = img.resize((nw, nh), Image.BILINEAR)  # the filter rd2t's own resize uses
-    mean = tuple(int(round(c)) for c in np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0))
-    canvas = Image.new("RGB", (size, size), mean)
+    canvas = Image.new(img.mode, (size, size), fill)
     x0, y0 = (size - nw) // 2, (size - nh) // 2
-    canvas.paste(content, (x0, y0))
+    canvas.paste(img.resize((nw, nh), resample), (x0, y0))
     return canvas, [x0, y0, x0 + nw, y0 + nh]
+
+
+def mean_colour(img: Image.Image) -> tuple[int, ...]:
+    return tuple(int(round(c)) for c in np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0))
 
 
 def prepare(src: Path, dst: Path, size: int) -> None:
@@ -64,15 +66,10 @@ def prepare(src: Path, dst: Path, size: int) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if rel.parts[0] == "ground_truth" or p.stem.endswith("_mask"):
             # letterboxed too (the reader checks each mask's aspect); evaluation reads the original's
-            mask = Image.open(p).convert("L")
-            scale = size / max(mask.size)
-            nw, nh = max(1, round(mask.width * scale)), max(1, round(mask.height * scale))
-            canvas = Image.new("L", (size, size), 0)
-            canvas.paste(mask.resize((nw, nh), Image.NEAREST), ((size - nw) // 2, (size - nh) // 2))
-            canvas.save(out)
+            letterbox(Image.open(p).convert("L"), size, 0, Image.NEAREST)[0].save(out)
             continue
         img = load_image(p)
-        canvas, box = letterbox(img, size)
+        canvas, box = letterbox(img, size, mean_colour(img))
         canvas.save(out.with_suffix(".png"))
         boxes[str(rel.with_suffix(".png"))] = box + list(img.size)
     (dst / "boxes.json").write_text(json.dumps(boxes))

