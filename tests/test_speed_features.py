@@ -204,3 +204,37 @@ def test_openvino_backend_scores_correctly_from_several_threads(trained_cli_mode
         together = list(pool.map(lambda f: ov.predict_one(f).model_map, files * 3))
     for i, m in enumerate(together):
         np.testing.assert_array_equal(m, alone[i % len(files)])
+
+
+def test_auto_backend_reads_the_model_once_and_still_refuses_a_changed_file(
+    trained_cli_model, tmp_path, monkeypatch
+):
+    """`auto` keys its record on the file's SHA-256 and the sidecar check needs the same digest: one hash
+    per load serves both, and a file changed after export is still refused on that path."""
+    if len(_installed_runtimes()) < 2:
+        pytest.skip("only ONNX Runtime is installed: auto hashes nothing (rd2t[openvino])")
+    from rd2t import files
+    from rd2t.errors import InputError
+    from rd2t.inference import backends, onnx_runtime
+    from rd2t.inference.export import export_onnx
+    from rd2t.inference.predictor import Predictor
+
+    monkeypatch.setenv("RD2T_CACHE_DIR", str(tmp_path / "cache"))
+    onnx = export_onnx(trained_cli_model, tmp_path / "m.onnx")
+    hashed = []
+
+    def counting(path, *a, **k):
+        hashed.append(path)
+        return files.file_sha256(path, *a, **k)
+
+    monkeypatch.setattr(backends, "file_sha256", counting)
+    monkeypatch.setattr(onnx_runtime, "file_sha256", counting)
+    for _ in range(2):  # the first load may measure (both runtimes opened), the second reads the record
+        hashed.clear()
+        Predictor.open(onnx)
+        assert len(hashed) == 1
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 1  # a flipped byte in the last initializer: still loadable, other numbers
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="SHA-256 does not match"):
+        Predictor.open(onnx)

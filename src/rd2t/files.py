@@ -6,6 +6,7 @@ half-written one; after a power cut the rename is durable too. Every file rd2t w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,6 +14,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rd2t.errors import OutputError
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The file's SHA-256, read in 1 MB blocks (a model or an image need not fit memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

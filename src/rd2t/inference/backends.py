@@ -6,7 +6,6 @@ by all backends, so a model gives the same verdict whichever runs it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -21,7 +20,7 @@ import torch
 
 from rd2t.data.transforms import to_model_input
 from rd2t.errors import ConfigError, RD2TError
-from rd2t.files import atomic_write
+from rd2t.files import atomic_write, file_sha256
 from rd2t.inference.onnx_runtime import EXPORT_TOLERANCE
 from rd2t.model.checkpoint import ModelInfo
 from rd2t.model.network import RD2T
@@ -72,16 +71,18 @@ class RuntimeDisagrees(ConfigError):
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, sha256: str | None = None):
         from rd2t.inference.onnx_runtime import OnnxDetector
 
-        self.detector = OnnxDetector(path, threads=threads)
+        self.detector = OnnxDetector(path, threads=threads, sha256=sha256)
         self.metadata = self.detector.metadata
         self.image_size = self.detector.image_size
 
     @classmethod
-    def open(cls, path: Path, threads: int | None = None) -> tuple[OnnxBackend, ModelInfo]:
-        backend = cls(path, threads)
+    def open(
+        cls, path: Path, threads: int | None = None, sha256: str | None = None
+    ) -> tuple[OnnxBackend, ModelInfo]:
+        backend = cls(path, threads, sha256)
         return backend, ModelInfo.from_metadata(backend.metadata, str(path))
 
     def __call__(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +99,9 @@ class OpenVinoBackend:
     is fast and wrong must not be chosen silently.
     """
 
-    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
+    def __init__(
+        self, path: Path, threads: int | None = None, precision: str = "f32", sha256: str | None = None
+    ):
         try:
             import openvino as ov
         except ImportError:
@@ -108,7 +111,8 @@ class OpenVinoBackend:
         from rd2t.inference.onnx_runtime import OnnxDetector
 
         self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
-        reference = OnnxDetector(path, threads=1)  # the same checks and metadata as ORT, and the parity
+        # the same checks and metadata as ORT, and the parity reference
+        reference = OnnxDetector(path, threads=1, sha256=sha256)
         self.metadata = reference.metadata
         self.image_size = int(self.metadata["image_size"])
         config = {"INFERENCE_PRECISION_HINT": precision}
@@ -134,9 +138,9 @@ class OpenVinoBackend:
 
     @classmethod
     def open(
-        cls, path: Path, threads: int | None = None, precision: str = "f32"
+        cls, path: Path, threads: int | None = None, precision: str = "f32", sha256: str | None = None
     ) -> tuple[OpenVinoBackend, ModelInfo]:
-        backend = cls(path, threads, precision)
+        backend = cls(path, threads, precision, sha256)
         return backend, ModelInfo.from_metadata(backend.metadata, str(path))
 
     def __call__(self, batch_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -159,19 +163,20 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "cpu", t
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     is_onnx = path.suffix.lower() == ".onnx"
+    sha256 = None  # the file's digest, once `auto` has read it: the sidecar check reuses it
     if backend == "auto" and is_onnx:
-        record, measured = _choose(path, threads, remeasure=False)
+        record, measured, sha256 = _choose(path, threads, remeasure=False)
         backend = record["chosen"]
         if backend in measured:  # just measured: the runtime is open already, not built a second time
             return measured[backend], ModelInfo.from_metadata(measured[backend].metadata, str(path))
     if backend.startswith("openvino"):
         if not is_onnx:
             raise ConfigError(f"{path}: --backend {backend} needs an .onnx file (make one with rd2t export)")
-        return OpenVinoBackend.open(path, threads, "bf16" if backend == "openvino-bf16" else "f32")
+        return OpenVinoBackend.open(path, threads, "bf16" if backend == "openvino-bf16" else "f32", sha256)
     if backend == "onnx":
         if not is_onnx:
             raise ConfigError(f"{path}: --backend onnx needs an .onnx file (make one with rd2t export)")
-        return OnnxBackend.open(path, threads)
+        return OnnxBackend.open(path, threads, sha256)
     if is_onnx:
         raise ConfigError(f"{path}: an ONNX file runs with --backend onnx, openvino or auto, not {backend}")
     if threads:
@@ -236,12 +241,13 @@ def choose_onnx_runtime(path: Path, threads: int | None = None, *, remeasure: bo
     return _choose(path, threads, remeasure)[0]
 
 
-def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dict]:
-    """`choose_onnx_runtime`'s record, and the backends it opened when it measured now (else {})."""
+def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dict, str | None]:
+    """`choose_onnx_runtime`'s record, the backends it opened when it measured now (else {}), and the
+    file's SHA-256 when it read it (else None)."""
     runtimes = _runtimes()
     if len(runtimes) < 2 and not remeasure:
-        return {"chosen": "onnx", "b1_ms": {}, "machine": _machine(threads)}, {}  # nothing to choose
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return {"chosen": "onnx", "b1_ms": {}, "machine": _machine(threads)}, {}, None  # nothing to choose
+    digest = file_sha256(path)
     key = " | ".join([digest[:16], _machine(threads), *(f"{k} {v}" for k, v in sorted(runtimes.items()))])
     record_path = choice_record_path()
     try:
@@ -249,11 +255,11 @@ def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dic
     except (OSError, ValueError):
         records = {}
     if key in records and not remeasure:
-        return records[key], {}
-    opened, refused = {"onnx": OnnxBackend(path, threads)}, {}
+        return records[key], {}, digest
+    opened, refused = {"onnx": OnnxBackend(path, threads, digest)}, {}
     if "openvino" in runtimes:
         try:
-            opened["openvino"] = OpenVinoBackend(path, threads)
+            opened["openvino"] = OpenVinoBackend(path, threads, sha256=digest)
         except RuntimeDisagrees as e:  # never the choice for this file
             refused["openvino"] = e.finding
             warnings.warn(f"{e.finding}; --backend auto runs it with onnx", stacklevel=3)
@@ -269,4 +275,4 @@ def _choose(path: Path, threads: int | None, remeasure: bool) -> tuple[dict, dic
         atomic_write(record_path, (json.dumps(records, indent=1) + "\n").encode())
     except (OSError, RD2TError) as e:  # an unwritable cache costs a re-measurement next time, nothing else
         warnings.warn(f"{record_path}: backend choice not recorded ({e})", stacklevel=3)
-    return record, opened
+    return record, opened, digest

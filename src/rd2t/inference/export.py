@@ -14,7 +14,6 @@ on probe images at a batch size other than the traced one; a file failing either
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -24,7 +23,7 @@ import numpy as np
 
 from rd2t import __version__
 from rd2t.errors import InputError, OutputError, RD2TError
-from rd2t.files import atomic_write, check_writable
+from rd2t.files import atomic_write, check_writable, file_sha256
 from rd2t.inference.onnx_runtime import (
     EXPORT_TOLERANCE,
     INPUT_NAME,
@@ -252,7 +251,7 @@ def export_onnx(
         atomic_write(out_path, proto.SerializeToString())
         sidecar = {
             "onnx_file": out_path.name,
-            "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+            "sha256": file_sha256(out_path),
             **typed_metadata(meta),
         }
         atomic_write(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())

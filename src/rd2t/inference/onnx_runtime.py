@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rd2t.errors import InputError, RD2TError
+from rd2t.files import file_sha256
 
 # Parity an export must reach against torch on the probe images, relative to the map's magnitude (>= 1):
 # a broken graph (wrong padding, normalisation, batch specialisation) is off by orders of magnitude more.
@@ -46,9 +46,10 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
-def verify_sidecar(onnx_path: Path) -> None:
+def verify_sidecar(onnx_path: Path, sha256: str | None = None) -> None:
     """Refuse a model whose bytes differ from the SHA-256 its export wrote beside it (a flipped byte
-    can still run and give other scores)."""
+    can still run and give other scores). `sha256`: the file's digest when the caller has just computed
+    it (`--backend auto` does), so a large model is not read and hashed twice per load."""
     side = sidecar_path(onnx_path)
     if not side.is_file():
         return
@@ -58,8 +59,7 @@ def verify_sidecar(onnx_path: Path) -> None:
         raise InputError(f"{side}: unreadable sidecar of {onnx_path.name} (delete it or re-export)") from None
     if not isinstance(record, dict) or record.get("onnx_file") != onnx_path.name or "sha256" not in record:
         return  # a JSON of the same stem that is not this model's sidecar
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    if digest != record["sha256"]:
+    if (sha256 or file_sha256(onnx_path)) != record["sha256"]:
         raise InputError(
             f"{onnx_path}: SHA-256 does not match {side.name} (the file was changed or is corrupt; "
             "re-export it)"
@@ -92,13 +92,14 @@ class OnnxDetector:
         threads: int | None = None,
         providers: list[str] | None = None,
         optimization: str = "all",
+        sha256: str | None = None,
     ):
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: ONNX model not found")
-        verify_sidecar(self.path)
+        verify_sidecar(self.path, sha256)
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 import rd2t
 from rd2t.data.images import _one_line, to_rgb
 from rd2t.errors import ConfigError, InputError, RD2TError
-from rd2t.files import check_writable
+from rd2t.files import check_writable, file_sha256
 from rd2t.inference.predictor import Predictor, check_threshold
 from rd2t.report.heatmap import overlay
 from rd2t.service import db
@@ -37,14 +37,6 @@ class TooLarge(RD2TError):
 
 class QueueFull(RD2TError):
     """Every worker busy and the waiting room full (HTTP 503 + Retry-After)."""
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_image(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
@@ -94,7 +86,7 @@ class Station:
         self.settings = settings
         self.loaded_at = datetime.now(timezone.utc)
         self.predictor = Predictor.open(settings.model, backend=settings.backend, threads=settings.threads)
-        self.model_sha256 = sha256_file(settings.model)
+        self.model_sha256 = file_sha256(settings.model)
         self.model_id = self.model_sha256[:12]
         self.colour_range = self.predictor.colour_range()
         self.storage = Storage(settings.images)
