@@ -75,9 +75,10 @@ def test_checkpoint_round_trip_gives_identical_scores(trained, texture_set):
     assert torch.equal(model.predict(x)[1], result.model.predict(x)[1])
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_path):
+@pytest.mark.parametrize("feature_jitter", [0.0, 1.2])
+def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_path, feature_jitter):
     images = list_images(texture_set / "train/good")[:12]
-    cfg = _cfg(epochs=3, image_size=64, batch_size=4)
+    cfg = _cfg(epochs=3, image_size=64, batch_size=4, feature_jitter=feature_jitter)
     full = train(cfg, images, tmp_path / "full", progress=False)
     train(cfg, images, tmp_path / "part", progress=False, stop_after=2)
     assert not Checkpoint.load(tmp_path / "part/last.pt").complete
@@ -86,6 +87,21 @@ def test_resume_after_interruption_equals_uninterrupted_run(texture_set, tmp_pat
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert full.history == resumed.history
+    if feature_jitter:  # the noise is drawn per step from the seed, and it does change what is learnt
+        plain = train(cfg.replace(feature_jitter=0.0), images, tmp_path / "plain", progress=False)
+        assert plain.history != full.history
+
+
+def test_feature_jitter_noise_is_a_fixed_share_of_each_features_norm():
+    from rd2t.training.loop import jitter
+
+    feats = [[torch.randn(4, c, 16, 16) * 3 for c in (24, 272)], [torch.rand(4, 64, 8, 8)]]
+    noisy = jitter(feats, 1.2, seed=5)
+    for t_feats, n_feats in zip(feats, noisy, strict=True):
+        for f, n in zip(t_feats, n_feats, strict=True):
+            ratio = (n - f).norm(dim=1) / f.norm(dim=1)  # per position, whatever the channel count
+            assert abs(float(ratio.mean()) - 1.2) < 0.06 and n.shape == f.shape
+    assert torch.equal(jitter(feats, 1.2, seed=5)[1][0], noisy[1][0])  # the same step, the same noise
 
 
 def test_same_seed_same_scores_other_seed_other_scores(texture_set, tmp_path):

@@ -69,6 +69,12 @@ class Config:
     betas: tuple[float, float] = _f((0.5, 0.999), TRAINING, "Adam betas")
     seed: int = _f(0, TRAINING)
     tile_fraction: float = _f(1.0, TRAINING, "tiled models: share of the tiles seen each epoch, 0 < f <= 1")
+    feature_jitter: float = _f(
+        0.0,
+        TRAINING,
+        "UniAD's feature jitter: the student rebuilds each clean teacher feature from a copy with Gaussian "
+        "noise whose norm is about jitter*|f| at each position (UniAD's own setting is 1.2); 0 = off",
+    )
     val_fraction: float = _f(0.1, TRAINING, "good images held out for the threshold, 0 <= f < 1")
     threshold_rule: str = _f("mean+3std", TRAINING, RULES_HELP)
     preset: str = _f("custom", TRAINING, "the preset this config started from (a label)")
@@ -147,6 +153,9 @@ class Config:
             bad("betas", "two numbers in [0, 1)")
         if not (isinstance(self.tile_fraction, (int, float)) and 0 < self.tile_fraction <= 1):
             bad("tile_fraction", "a number with 0 < f <= 1")
+        jit = self.feature_jitter
+        if isinstance(jit, bool) or not (isinstance(jit, (int, float)) and 0 <= jit < float("inf")):
+            bad("feature_jitter", "a number >= 0")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             bad("val_fraction", "a number with 0 <= f < 1")
         parse_rule(self.threshold_rule)

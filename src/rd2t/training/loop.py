@@ -38,7 +38,7 @@ from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
 from rd2t.model.memory_bank import MAX_CANDIDATES, good_peaks, patch_embedding
-from rd2t.model.network import RD2T
+from rd2t.model.network import RD2T, Features
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
 from rd2t.training.tiles import load_training_tiles
@@ -269,6 +269,24 @@ def choose_bank_share(
     return share, table, criterion(next(r for r in table if r[0] == share), first)
 
 
+def jitter(features: Features, scale: float, seed: int) -> Features:
+    """UniAD's feature jitter (You et al., NeurIPS 2022): each feature plus Gaussian noise of standard
+    deviation scale * |f| / sqrt(C) at its position, |f| the norm over its C channels, so the noise's norm is
+    about scale * |f| whatever C is (UniAD writes alpha * |f| / C, alpha = 20 on C = 272: scale 1.2 here).
+    The student must then rebuild the clean feature from a disturbed one, so it cannot pass an anomaly's
+    features through unchanged (the issue's "student reconstructs anomalies too well"; RD++ does this with
+    image noise, which would need a teacher pass per step instead of the cached features)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t_feats in features:
+        row = []
+        for f in t_feats:
+            noise = torch.randn(f.shape, generator=g).to(f.device, f.dtype)
+            row.append(f + noise * f.norm(dim=1, keepdim=True) * (scale / f.shape[1] ** 0.5))
+        out.append(row)
+    return out
+
+
 def criterion(row: tuple[float, ...], first: int) -> float:
     """The mean over columns first.. of a (w, image AUROC, pixel AUROC, AU-PRO) row, rounded to 4 digits so
     noise does not decide."""
@@ -489,7 +507,11 @@ def train(
                 features = cache.get(idx)
             else:
                 features = model.teacher_features(to_model_input(images[idx].to(device)))
-            loss = model.loss(features, reconstruct(features))
+            student_input = features
+            if config.feature_jitter > 0:  # seeded by the step, so a resumed run draws the same noise
+                step_seed = (config.seed * 100_003 + epoch) * 1_000_003 + start * world + rank
+                student_input = jitter(features, config.feature_jitter, step_seed)
+            loss = model.loss(features, reconstruct(student_input))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
