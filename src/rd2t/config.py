@@ -105,6 +105,9 @@ class Config:
         def bad(name: str, expected: str) -> None:
             raise ConfigError(f"config: {name}={getattr(self, name)!r}, expected {expected}")
 
+        def finite_non_negative(v) -> bool:  # a bool is an int to Python, never a count here
+            return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+
         if not 1 <= len(self.teachers) <= 2 or not all(isinstance(t, str) and t for t in self.teachers):
             bad("teachers", "1 or 2 timm model names")
         if len(self.out_indices) != 3:
@@ -153,16 +156,14 @@ class Config:
             bad("betas", "two numbers in [0, 1)")
         if not (isinstance(self.tile_fraction, (int, float)) and 0 < self.tile_fraction <= 1):
             bad("tile_fraction", "a number with 0 < f <= 1")
-        jit = self.feature_jitter
-        if isinstance(jit, bool) or not (isinstance(jit, (int, float)) and 0 <= jit < float("inf")):
+        if not finite_non_negative(self.feature_jitter):
             bad("feature_jitter", "a number >= 0")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             bad("val_fraction", "a number with 0 <= f < 1")
         parse_rule(self.threshold_rule)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
             bad("device", "auto, cpu, mps, cuda or cuda:N")
-        every = self.checkpoint_every_s
-        if isinstance(every, bool) or not (isinstance(every, (int, float)) and 0 <= every < float("inf")):
+        if not finite_non_negative(self.checkpoint_every_s):
             bad("checkpoint_every_s", "a number of seconds >= 0")
 
     def to_dict(self) -> dict:
