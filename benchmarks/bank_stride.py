@@ -13,6 +13,9 @@ ways of weighing the terms (`bank_weight` -1: share chosen on the painted images
 - it scores the test set at the original resolution with rd2t's Evaluator for the plain map (share 0) and,
   per stride, the chosen share and the share 0.5, so the chosen stride can be compared with the other.
 
+Round 10 adds two more good-images-only variants per stride: `thr` (each term divided by mean + 3 std of its
+held-out per-image maxima) and `maxof` (the max-scaled terms combined by their per-pixel maximum).
+
 Nothing here chooses on the test images; the figures of the stride not chosen are shown to judge the choice.
 `benchmarks/memory_bank.py --bank-stride 0` then `rd2t evaluate` is the product's path to the same model.
 
@@ -47,6 +50,7 @@ from rd2t.training.loop import (
 )
 
 FIXED_SHARE = 0.5
+NAMES = ("chosen", "fixed", "max", "thr", "maxof")
 
 
 def main() -> None:
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--category", default=".")
     ap.add_argument("--share", type=float, default=0.01, help="config.memory_bank")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--save-terms", help="also save each stride's z-scored terms here (float16)")
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
@@ -105,10 +110,29 @@ def main() -> None:
         _, _, row["criterion_max"] = choose_bank_share(g_max, b_max, paint, (FIXED_SHARE,))
         row["max"] = scored(FIXED_SHARE, g_max, t_max)
         row["good_maxima"] = peaks.tolist()
+        # round 10: two more good-images-only rules (docs/measured/bank_thr/rule_written_before.txt)
+        # thr: each term divided by its own stored-threshold rule, mean + 3 std of its good per-image maxima
+        maxima = good.flatten(2).amax(2).double()
+        thr = (maxima.mean(0) + 3 * maxima.std(0)).float().clamp_min(1e-6)
+        g_thr, b_thr, t_thr = (t / thr[None, :, None, None] for t in (good, bad, terms))
+        _, _, row["criterion_thr"] = choose_bank_share(g_thr, b_thr, paint, (FIXED_SHARE,))
+        row["thr"] = scored(FIXED_SHARE, g_thr, t_thr)
+        row["good_thresholds"] = thr.tolist()
+        # maxof: the two max-scaled terms combined by their per-pixel maximum (both channels the same map,
+        # so the criterion at share 0.5 is that map's)
+        g_of, b_of, t_of = (t.amax(1, keepdim=True).expand(-1, 2, -1, -1) for t in (g_max, b_max, t_max))
+        _, _, row["criterion_maxof"] = choose_bank_share(g_of, b_of, paint, (FIXED_SHARE,))
+        row["maxof"] = scored(FIXED_SHARE, g_of, t_of)
+        if a.save_terms:
+            Path(a.save_terms).mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"good": good.half(), "bad": bad.half(), "paint": paint, "terms": terms.half()},
+                Path(a.save_terms) / f"stride{stride}.pt",
+            )
         if "plain" not in results:
             results["plain"] = scored(0.0, good, terms)
         results["strides"][stride] = row
-        for name in ("chosen", "fixed", "max"):
+        for name in NAMES:
             f = row[name]
             print(
                 f"stride {stride} {name} (w {f['share']:.1f}, criterion {row['criterion_' + name]:.4f}): "
@@ -116,7 +140,7 @@ def main() -> None:
                 + f", {f['false_alarms']} FA / {f['misses']} misses",
                 flush=True,
             )
-    for name in ("chosen", "fixed", "max"):
+    for name in NAMES:
         pick = best_stride({s: r[f"criterion_{name}"] for s, r in results["strides"].items()})
         results[f"auto_{name}"] = {"stride": pick, **results["strides"][pick][name]}
         print(f"bank_stride=0, {name} share: stride {pick}", flush=True)

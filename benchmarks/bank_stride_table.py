@@ -3,6 +3,7 @@ with --max first, round 6's: the z-scored sum (the default) against the terms sc
 
 .venv/bin/python benchmarks/bank_stride_table.py docs/measured/bank_stride/*.json
 .venv/bin/python benchmarks/bank_stride_table.py --max docs/measured/bank_stride_max/*.json
+.venv/bin/python benchmarks/bank_stride_table.py --thr docs/measured/bank_thr/*.json     # round 10
 """
 
 from __future__ import annotations
@@ -35,9 +36,50 @@ def max_table(paths: list[str]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+THR_RULES = ("auto_max", "auto_thr", "auto_maxof")
+
+
+def thr_table(paths: list[str]) -> None:
+    """Round 10: the default (max) against thr and maxof, per file, then the mean per set (file stem up to
+    the last "_s"), and what each rule of the stored threshold trades for the default."""
+    print("| set | plain | `max` (default) | `thr` | `maxof` | good thresholds s8 (student, kNN) | s4 |")
+    print("|---|---|---|---|---|---|---|")
+    runs = {p: json.loads(Path(p).read_text()) for p in paths}
+    for path, r in runs.items():
+        row = [Path(path).stem, cell(r["plain"], share=False)]
+        row += [cell(r[k], r[k]["stride"], share=False) + f" (s{r[k]['stride']})" for k in THR_RULES]
+        row += [", ".join(f"{m:.2f}" for m in r["strides"][s]["good_thresholds"]) for s in ("8", "4")]
+        print("| " + " | ".join(row) + " |")
+    sets: dict[str, list[dict]] = {}
+    for path, r in runs.items():
+        sets.setdefault(Path(path).stem.rsplit("_s", 1)[0], []).append(r)
+    print("\n| set (seeds) | " + " | ".join(("plain",) + THR_RULES) + " |")
+    print("|---" * (len(THR_RULES) + 2) + "|")
+    for name, rs in sets.items():
+        row = [f"{name} ({len(rs)})"]
+        for k in ("plain",) + THR_RULES:
+            mean = [
+                100 * sum(r[k][m] for r in rs) / len(rs) for m in ("image_auroc", "pixel_auroc", "au_pro")
+            ]
+            fa, miss = sum(r[k]["false_alarms"] for r in rs), sum(r[k]["misses"] for r in rs)
+            row.append(" / ".join(f"{v:.2f}" for v in mean) + f", {fa} / {miss}")
+        print("| " + " | ".join(row) + " |")
+    print("\nThe default (`max`): false alarms / misses per threshold rule, summed over the files")
+    trades: dict[str, list[int]] = {}
+    for r in runs.values():
+        for rule, (fa, miss) in r["auto_max"]["rules"].items():
+            acc = trades.setdefault(rule, [0, 0])
+            acc[0] += fa
+            acc[1] += miss
+    print("| " + " | ".join(trades) + " |\n" + "|---" * len(trades) + "|")
+    print("| " + " | ".join(f"{fa} / {m}" for fa, m in trades.values()) + " |")
+
+
 def main() -> None:
     if sys.argv[1] == "--max":
         return max_table(sys.argv[2:])
+    if sys.argv[1] == "--thr":
+        return thr_table(sys.argv[2:])
     print(
         "| set | plain | stride 8, chosen | stride 4, chosen | stride 8, 0.5 | stride 4, 0.5 "
         "| `bank_stride=0`, chosen | `bank_stride=0`, 0.5 |"
