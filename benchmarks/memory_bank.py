@@ -30,14 +30,21 @@ def main() -> None:
     stride_help = "config.bank_stride: 8, 4 or 0 = chosen (default: the model's)"
     ap.add_argument("--bank-stride", type=int, default=None, help=stride_help)
     ap.add_argument("--bank-scale", choices=["std", "max"], help="config.bank_scale (default: the model's)")
+    ap.add_argument("--bank-combine", choices=["sum", "max"], help="config.bank_combine (default: model's)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
     stride = ckpt.config.bank_stride if a.bank_stride is None else a.bank_stride
     scale = a.bank_scale or ckpt.config.bank_scale
+    combine = a.bank_combine or ckpt.config.bank_combine
     config = ckpt.config.replace(
-        memory_bank=a.share, bank_weight=a.bank_weight, bank_stride=stride, bank_scale=scale, device="cpu"
+        memory_bank=a.share,
+        bank_weight=a.bank_weight,
+        bank_stride=stride,
+        bank_scale=scale,
+        bank_combine=combine,
+        device="cpu",
     )
     model = RD2T(config, pretrained=False)
     missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)

@@ -302,6 +302,38 @@ def test_bank_scale_puts_each_term_on_its_own_good_spread_or_peaks(texture_set, 
         config.replace(bank_scale="max1")
 
 
+def test_bank_combine_max_takes_each_pixels_larger_term_through_training_and_onnx(texture_set, tmp_path):
+    """--set bank_combine=max (round 10): the map is the per-pixel maximum of the two weighted, scaled terms,
+    not their sum; the threshold is calibrated on that map, and the ONNX export gives the same map."""
+    from rd2t.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
+    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--set", "bank_weight=0.5"]
+    args += ["--set", "bank_stride=8", "--set", "bank_scale=max", "--set", "bank_combine=max"]
+    assert main(args) == 0
+    model, ckpt = load_model(out / "model.pt")
+    assert model.config.bank_combine == "max" and model.memory_bank.fitted
+    x = _inputs(ckpt.val_files + sorted((texture_set / "test/stain").glob("*.png"))[:2])
+    with torch.no_grad():
+        feats = model.teacher_features(x)
+        student, knn = model.memory_bank.standardise(
+            *model.term_maps(feats, model.reconstruct(feats), (SIZE, SIZE))
+        )
+        scores, amap = model(x)
+    want = torch.maximum(student, knn)[:, 0]  # share 0.5: both weights 1
+    torch.testing.assert_close(amap, want)
+    assert not torch.allclose(amap, (student + knn)[:, 0])  # the sum would be another map
+    assert torch.equal(scores, amap.flatten(1).amax(1))
+    n_val = len(ckpt.val_files)
+    assert ckpt.calibration.scores == pytest.approx(scores[:n_val].tolist(), rel=1e-4, abs=1e-4)
+    o_scores, o_maps = OnnxDetector(export_onnx(out / "model.pt", tmp_path / "max.onnx")).predict(x.numpy())
+    assert np.abs(o_maps - amap.numpy()).max() <= 1e-3
+    assert np.abs(o_scores - scores.numpy()).max() <= 1e-3
+    with pytest.raises(ConfigError, match="bank_combine"):
+        preset("offline", bank_combine="mean")
+
+
 def test_unchosen_stride_loads_as_an_unfitted_stride_8_bank():
     """A checkpoint written before training chose the stride (last.pt of an interrupted run) still loads."""
     model = RD2T(preset("offline", memory_bank=0.01, bank_stride=0), pretrained=False)

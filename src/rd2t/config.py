@@ -62,6 +62,12 @@ class Config:
         "each term's scale on held-out good images before the sum: std (pixel z-score) | max (the z-score's "
         "mean per-image maximum; docs/ablations.md, round 6)",
     )
+    bank_combine: str = _f(
+        "sum",
+        MODEL,
+        "how the two scaled terms make one map: sum | max (their per-pixel maximum: large faint defects that "
+        "only the kNN term sees keep their full height; docs/ablations.md, round 10)",
+    )
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
     batch_size: int = _f(16, TRAINING, "at least 2 (BatchNorm)")
@@ -144,6 +150,8 @@ class Config:
             bad("bank_stride", "4, 8 or 0 (chosen on pseudo-defects)")
         if self.bank_scale not in ("std", "max"):
             bad("bank_scale", "std or max")
+        if self.bank_combine not in ("sum", "max"):
+            bad("bank_combine", "sum or max")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:

@@ -128,9 +128,11 @@ class MemoryBank(nn.Module):
         z = self.zscore
         return (student_map - z[0]) / z[1], (knn_map - z[2]) / z[3]
 
-    def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor) -> torch.Tensor:
+    def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor, how: str = "sum") -> torch.Tensor:
+        """The weighted standardised terms, summed or (`how="max"`) their per-pixel maximum."""
         student, knn = self.standardise(student_map, knn_map)
-        return self.weights[0] * student + self.weights[1] * knn
+        student, knn = self.weights[0] * student, self.weights[1] * knn
+        return torch.maximum(student, knn) if how == "max" else student + knn
 
     def set_share(self, knn_share: float) -> None:
         """Weigh the kNN term by `knn_share`, the student's by the rest; 0 drops the bank (saves its time)."""

@@ -121,7 +121,7 @@ class RD2T(nn.Module):
     def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W): the student's map, or with a fitted memory bank both terms z-scored and summed."""
         maps = self.term_maps(features, predictions, size)
-        return maps[0] if len(maps) == 1 else self.memory_bank.combine(*maps)
+        return maps[0] if len(maps) == 1 else self.memory_bank.combine(*maps, self.config.bank_combine)
 
     # --- inference ---
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

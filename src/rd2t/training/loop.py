@@ -187,7 +187,9 @@ def fit_memory_bank(
             fitted[stride] = (0.0, config.bank_weight, model.memory_bank)
             break
         shares = BANK_SHARES if config.bank_weight < 0 else (config.bank_weight,)
-        share, table, value = choose_bank_share(zscored(good), zscored(terms_of(painted)), masks, shares)
+        share, table, value = choose_bank_share(
+            zscored(good), zscored(terms_of(painted)), masks, shares, config.bank_combine
+        )
         print(
             f"memory bank, stride {stride}: kNN share {share:.1f} of the map, criterion {value:.4f}, on "
             f"{len(painted)} pseudo-defects painted on {len(good)} held-out good {unit} (image AUROC / pixel "
@@ -240,11 +242,15 @@ PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
 
 
 def choose_bank_share(
-    good: torch.Tensor, bad: torch.Tensor, masks: torch.Tensor, shares: tuple[float, ...] = BANK_SHARES
+    good: torch.Tensor,
+    bad: torch.Tensor,
+    masks: torch.Tensor,
+    shares: tuple[float, ...] = BANK_SHARES,
+    combine: str = "sum",
 ) -> tuple[float, list[tuple[float, float, float, float]], float]:
     """The kNN term's share w of the map (1 - w for the student's), among `shares`, that best tells the
     painted images from the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the z-scored term maps
-    (MemoryBank.standardise); masks (B, H, W) the paint.
+    (MemoryBank.standardise); masks (B, H, W) the paint; combine: config.bank_combine, as the model does.
 
     The criterion mirrors the three figures a user is shown: the mean of image AUROC (map maximum), pixel
     AUROC and AU-PRO, all on the maps at 1/4 resolution (ranks need no more); image AUROC is left out under
@@ -260,7 +266,8 @@ def choose_bank_share(
     truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
     table = []
     for w in shares:
-        amap = ((1 - w) * maps[:, 0] + w * maps[:, 1]).numpy()
+        s, k = (1 - w) * maps[:, 0], w * maps[:, 1]
+        amap = (torch.maximum(s, k) if combine == "max" else s + k).numpy()
         pixel = pixel_metrics(truth, list(amap))
         image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
         table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
