@@ -118,11 +118,10 @@ def main() -> None:
         _, _, row["criterion_thr"] = choose_bank_share(g_thr, b_thr, paint, (FIXED_SHARE,))
         row["thr"] = scored(FIXED_SHARE, g_thr, t_thr)
         row["good_thresholds"] = thr.tolist()
-        # maxof: the two max-scaled terms combined by their per-pixel maximum (both channels the same map,
-        # so the criterion at share 0.5 is that map's)
-        g_of, b_of, t_of = (t.amax(1, keepdim=True).expand(-1, 2, -1, -1) for t in (g_max, b_max, t_max))
-        _, _, row["criterion_maxof"] = choose_bank_share(g_of, b_of, paint, (FIXED_SHARE,))
-        row["maxof"] = scored(FIXED_SHARE, g_of, t_of)
+        # maxof: the two max-scaled terms combined by their per-pixel maximum (bank_combine=max)
+        _, _, row["criterion_maxof"] = choose_bank_share(g_max, b_max, paint, (FIXED_SHARE,), "max")
+        figures = test_figures(t_max.amax(1), g_max.amax(1), test, sizes, masks)
+        row["maxof"] = {"share": FIXED_SHARE, **figures}
         if a.save_terms:
             Path(a.save_terms).mkdir(parents=True, exist_ok=True)
             torch.save(

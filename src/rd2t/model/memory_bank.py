@@ -69,6 +69,12 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return picks
 
 
+def combine_terms(student: torch.Tensor, knn: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """The two weighted terms as one map: their sum, or (`how="max"`, config.bank_combine) their per-pixel
+    maximum. One place for the model's map and the share's choice on painted defects."""
+    return torch.maximum(student, knn) if how == "max" else student + knn
+
+
 def good_peaks(terms: torch.Tensor) -> torch.Tensor:
     """(N, 2, H, W) standardised term maps of good images -> (2,): each term's mean per-image maximum, the
     divisor of `bank_scale = max` (the image score and the threshold live in a map's peaks)."""
@@ -129,10 +135,9 @@ class MemoryBank(nn.Module):
         return (student_map - z[0]) / z[1], (knn_map - z[2]) / z[3]
 
     def combine(self, student_map: torch.Tensor, knn_map: torch.Tensor, how: str = "sum") -> torch.Tensor:
-        """The weighted standardised terms, summed or (`how="max"`) their per-pixel maximum."""
+        """The weighted standardised terms as one map (combine_terms)."""
         student, knn = self.standardise(student_map, knn_map)
-        student, knn = self.weights[0] * student, self.weights[1] * knn
-        return torch.maximum(student, knn) if how == "max" else student + knn
+        return combine_terms(self.weights[0] * student, self.weights[1] * knn, how)
 
     def set_share(self, knn_share: float) -> None:
         """Weigh the kNN term by `knn_share`, the student's by the rest; 0 drops the bank (saves its time)."""

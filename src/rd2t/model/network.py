@@ -119,7 +119,8 @@ class RD2T(nn.Module):
         return maps
 
     def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
-        """(B, 1, H, W): the student's map, or with a fitted memory bank both terms z-scored and summed."""
+        """(B, 1, H, W): the student's map, or with a fitted memory bank both terms scaled and combined
+        (config.bank_combine: summed, or their per-pixel maximum)."""
         maps = self.term_maps(features, predictions, size)
         return maps[0] if len(maps) == 1 else self.memory_bank.combine(*maps, self.config.bank_combine)
 

@@ -37,7 +37,7 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
-from rd2t.model.memory_bank import MAX_CANDIDATES, good_peaks, patch_embedding
+from rd2t.model.memory_bank import MAX_CANDIDATES, combine_terms, good_peaks, patch_embedding
 from rd2t.model.network import RD2T, Features
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -266,8 +266,7 @@ def choose_bank_share(
     truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
     table = []
     for w in shares:
-        s, k = (1 - w) * maps[:, 0], w * maps[:, 1]
-        amap = (torch.maximum(s, k) if combine == "max" else s + k).numpy()
+        amap = combine_terms((1 - w) * maps[:, 0], w * maps[:, 1], combine).numpy()
         pixel = pixel_metrics(truth, list(amap))
         image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
         table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
