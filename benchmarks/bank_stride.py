@@ -13,6 +13,11 @@ ways of weighing the terms (`bank_weight` -1: share chosen on the painted images
 - it scores the test set at the original resolution with rd2t's Evaluator for the plain map (share 0) and,
   per stride, the chosen share and the share 0.5, so the chosen stride can be compared with the other.
 
+Round 11 adds `excess` (docs/measured/round11/rule_written_before.txt): the sum s + k of the max-scaled terms
+plus max(0, |s - k| - g), g the held-out good images' mean per-image maximum of |s - k|; and, as a diagnostic
+that chooses nothing, each rule's criterion on a fourth painted family, large faint soft-edged brightness
+changes (paint_faint).
+
 Round 10 adds two more good-images-only variants per stride: `thr` (each term divided by mean + 3 std of its
 held-out per-image maxima) and `maxof` (the max-scaled terms combined by their per-pixel maximum).
 
@@ -30,8 +35,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from bank_rules import blend, test_figures, test_set, z_terms  # benchmarks/ is on the path when a script runs
+from scipy import ndimage
 
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.model.checkpoint import Checkpoint
@@ -50,7 +57,38 @@ from rd2t.training.loop import (
 )
 
 FIXED_SHARE = 0.5
-NAMES = ("chosen", "fixed", "max", "thr", "maxof")
+NAMES = ("chosen", "fixed", "max", "thr", "maxof", "excess")
+
+
+def paint_faint(images: torch.Tensor, per_image: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round 11's diagnostic only: large, soft, faint brightness changes (uneven lighting, a stain), a family
+    the painted set lacks (its blobs cover 0.5-6 % with sharp edges and change 15-40 %). Each covers 8-25 %
+    of the image, its edge blurred over 3 % of the side, brightness x (1 +- 0.08-0.2); the truth is where the
+    change is at least half its full strength. Nothing here is chosen with it; it asks whether its criterion
+    would tell the sets where maxof helps from those where it costs."""
+    rng = np.random.default_rng(seed + 11)
+    good = images.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    n, h, w, _ = good.shape
+    out, masks = [], []
+    for k in range(n * per_image):
+        img = good[k % n]
+        noise = ndimage.gaussian_filter(
+            rng.standard_normal((h, w)), rng.uniform(0.1, 0.2) * min(h, w), mode="wrap"
+        )
+        blob = (noise > np.quantile(noise, 1 - rng.uniform(0.08, 0.25))).astype(np.float32)
+        alpha = ndimage.gaussian_filter(blob, 0.03 * min(h, w))
+        alpha = alpha / max(float(alpha.max()), 1e-6)
+        gain = rng.choice([-1, 1]) * rng.uniform(0.08, 0.2)
+        out.append(np.clip(img * (1 + gain * alpha[..., None]), 0, 255).round().astype(np.uint8))
+        masks.append(alpha >= 0.5)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.stack(masks))
+
+
+def excess(terms: torch.Tensor, g: float) -> torch.Tensor:
+    """Round 11's E: s + k + max(0, |s - k| - g) of (N, 2, H, W) scaled terms -> (N, H, W): the sum where the
+    terms disagree no more than g, 2 max(s, k) - g where they disagree more."""
+    s, k = terms[:, 0], terms[:, 1]
+    return s + k + ((s - k).abs() - g).clamp_min(0)
 
 
 def main() -> None:
@@ -70,6 +108,7 @@ def main() -> None:
     painted, paint = paint_pseudo_defects(
         held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=ckpt.config.seed
     )
+    faint, faint_paint = paint_faint(held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), ckpt.config.seed)
     test, sizes, test_images, masks = test_set(a.root, a.category, size)
     first = 1 if len(held_out) >= FEW_CALIBRATION_IMAGES else 2  # as choose_bank_share
 
@@ -122,6 +161,29 @@ def main() -> None:
         _, _, row["criterion_maxof"] = choose_bank_share(g_max, b_max, paint, (FIXED_SHARE,), "max")
         figures = test_figures(t_max.amax(1), g_max.amax(1), test, sizes, masks)
         row["maxof"] = {"share": FIXED_SHARE, **figures}
+        # round 11: excess, g from the held-out good images only; its criterion on the combined map, pooled
+        g = float((g_max[:, 0] - g_max[:, 1]).abs().flatten(1).amax(1).mean())
+        e_good, e_bad = excess(g_max, g), excess(b_max, g)
+        zero = torch.zeros_like
+        _, _, row["criterion_excess"] = choose_bank_share(
+            torch.stack([e_good, zero(e_good)], 1), torch.stack([e_bad, zero(e_bad)], 1), paint, (0.0,)
+        )
+        figures = test_figures(excess(t_max, g), e_good, test, sizes, masks)
+        row["excess"] = {"share": FIXED_SHARE, "g": g, **figures}
+        # diagnostic: each rule's criterion on the faint painted family alone (paint_faint)
+        f_max = z_terms(model, faint) / peaks[None, :, None, None]
+        e_faint = excess(f_max, g)
+        row["faint"] = {
+            "max": choose_bank_share(g_max, f_max, faint_paint, (FIXED_SHARE,))[2],
+            "maxof": choose_bank_share(g_max, f_max, faint_paint, (FIXED_SHARE,), "max")[2],
+            "excess": choose_bank_share(
+                torch.stack([e_good, zero(e_good)], 1),
+                torch.stack([e_faint, zero(e_faint)], 1),
+                faint_paint,
+                (0.0,),
+            )[2],
+        }
+        print(f"stride {stride} faint criteria: {row['faint']}", flush=True)
         if a.save_terms:
             Path(a.save_terms).mkdir(parents=True, exist_ok=True)
             torch.save(

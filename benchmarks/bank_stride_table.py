@@ -4,6 +4,7 @@ with --max first, round 6's: the z-scored sum (the default) against the terms sc
 .venv/bin/python benchmarks/bank_stride_table.py docs/measured/bank_stride/*.json
 .venv/bin/python benchmarks/bank_stride_table.py --max docs/measured/bank_stride_max/*.json
 .venv/bin/python benchmarks/bank_stride_table.py --thr docs/measured/bank_thr/*.json     # round 10
+.venv/bin/python benchmarks/bank_stride_table.py --excess docs/measured/round11/*.json   # round 11
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def cell(f: dict, stride: int | None = None, share: bool = True) -> str:
@@ -36,6 +39,19 @@ def max_table(paths: list[str]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def by_set(runs: dict[str, dict]) -> dict[str, list[dict]]:
+    """The runs grouped by set: the file stem up to its last "_s" (mt_s0, mt_s1 -> mt)."""
+    sets: dict[str, list[dict]] = {}
+    for path, r in runs.items():
+        sets.setdefault(Path(path).stem.rsplit("_s", 1)[0], []).append(r)
+    return sets
+
+
+def set_header(rules: tuple[str, ...]) -> None:
+    print("\n| set (seeds) | " + " | ".join(("plain",) + rules) + " |")
+    print("|---" * (len(rules) + 2) + "|")
+
+
 THR_RULES = ("auto_max", "auto_thr", "auto_maxof")
 
 
@@ -50,12 +66,8 @@ def thr_table(paths: list[str]) -> None:
         row += [cell(r[k], r[k]["stride"], share=False) + f" (s{r[k]['stride']})" for k in THR_RULES]
         row += [", ".join(f"{m:.2f}" for m in r["strides"][s]["good_thresholds"]) for s in ("8", "4")]
         print("| " + " | ".join(row) + " |")
-    sets: dict[str, list[dict]] = {}
-    for path, r in runs.items():
-        sets.setdefault(Path(path).stem.rsplit("_s", 1)[0], []).append(r)
-    print("\n| set (seeds) | " + " | ".join(("plain",) + THR_RULES) + " |")
-    print("|---" * (len(THR_RULES) + 2) + "|")
-    for name, rs in sets.items():
+    set_header(THR_RULES)
+    for name, rs in by_set(runs).items():
         row = [f"{name} ({len(rs)})"]
         for k in ("plain",) + THR_RULES:
             mean = [
@@ -75,11 +87,40 @@ def thr_table(paths: list[str]) -> None:
     print("| " + " | ".join(f"{fa} / {m}" for fa, m in trades.values()) + " |")
 
 
+EXCESS_RULES = ("auto_max", "auto_maxof", "auto_excess")
+FIGURES = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+def excess_table(paths: list[str]) -> None:
+    """Round 11: the default (max) against maxof and excess, per file, then per set (file stem up to the last
+    "_s") the mean and the spread (sample std) over its files, which the adoption rule compares."""
+    print("| set | plain | `max` (default) | `maxof` | `excess` | g (s8, s4) |")
+    print("|---|---|---|---|---|---|")
+    runs = {p: json.loads(Path(p).read_text()) for p in paths}
+    for path, r in runs.items():
+        row = [Path(path).stem, cell(r["plain"], share=False)]
+        row += [cell(r[k], share=False) + f" (s{r[k]['stride']})" for k in EXCESS_RULES]
+        row += [", ".join(f"{r['strides'][s]['excess']['g']:.3f}" for s in ("8", "4"))]
+        print("| " + " | ".join(row) + " |")
+    set_header(EXCESS_RULES)
+    for name, rs in by_set(runs).items():
+        row = [f"{name} ({len(rs)})"]
+        for k in ("plain",) + EXCESS_RULES:
+            v = np.array([[100 * r[k][m] for m in FIGURES] for r in rs])
+            sd = v.std(0, ddof=1) if len(rs) > 1 else np.zeros(3)
+            fa, miss = sum(r[k]["false_alarms"] for r in rs), sum(r[k]["misses"] for r in rs)
+            figures = " / ".join(f"{m:.2f} ± {d:.2f}" for m, d in zip(v.mean(0), sd, strict=True))
+            row.append(f"{figures}, {fa} / {miss}")
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
     if sys.argv[1] == "--max":
         return max_table(sys.argv[2:])
     if sys.argv[1] == "--thr":
         return thr_table(sys.argv[2:])
+    if sys.argv[1] == "--excess":
+        return excess_table(sys.argv[2:])
     print(
         "| set | plain | stride 8, chosen | stride 4, chosen | stride 8, 0.5 | stride 4, 0.5 "
         "| `bank_stride=0`, chosen | `bank_stride=0`, 0.5 |"
