@@ -91,6 +91,16 @@ def excess(terms: torch.Tensor, g: float) -> torch.Tensor:
     return s + k + ((s - k).abs() - g).clamp_min(0)
 
 
+def map_criterion(good: torch.Tensor, bad: torch.Tensor, paint: torch.Tensor) -> float:
+    """choose_bank_share's criterion for one already-combined (N, H, W) map: as the student term at share 0,
+    the kNN term zero."""
+
+    def one(m: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m, torch.zeros_like(m)], 1)
+
+    return choose_bank_share(one(good), one(bad), paint, (0.0,))[2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a trained plain checkpoint (no bank needed)")
@@ -105,10 +115,9 @@ def main() -> None:
     size = ckpt.config.image_size
     images, _ = load_training_images([Path(p) for p in ckpt.train_files], size, False)
     held_out, _ = load_training_images([Path(p) for p in ckpt.val_files], size, False)
-    painted, paint = paint_pseudo_defects(
-        held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=ckpt.config.seed
-    )
-    faint, faint_paint = paint_faint(held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), ckpt.config.seed)
+    per_image = max(1, -(-PSEUDO_DEFECTS // len(held_out)))  # as fit_memory_bank
+    painted, paint = paint_pseudo_defects(held_out, per_image, seed=ckpt.config.seed)
+    faint, faint_paint = paint_faint(held_out, per_image, ckpt.config.seed)
     test, sizes, test_images, masks = test_set(a.root, a.category, size)
     first = 1 if len(held_out) >= FEW_CALIBRATION_IMAGES else 2  # as choose_bank_share
 
@@ -163,11 +172,8 @@ def main() -> None:
         row["maxof"] = {"share": FIXED_SHARE, **figures}
         # round 11: excess, g from the held-out good images only; its criterion on the combined map, pooled
         g = float((g_max[:, 0] - g_max[:, 1]).abs().flatten(1).amax(1).mean())
-        e_good, e_bad = excess(g_max, g), excess(b_max, g)
-        zero = torch.zeros_like
-        _, _, row["criterion_excess"] = choose_bank_share(
-            torch.stack([e_good, zero(e_good)], 1), torch.stack([e_bad, zero(e_bad)], 1), paint, (0.0,)
-        )
+        e_good = excess(g_max, g)
+        row["criterion_excess"] = map_criterion(e_good, excess(b_max, g), paint)
         figures = test_figures(excess(t_max, g), e_good, test, sizes, masks)
         row["excess"] = {"share": FIXED_SHARE, "g": g, **figures}
         # diagnostic: each rule's criterion on the faint painted family alone (paint_faint)
@@ -176,12 +182,7 @@ def main() -> None:
         row["faint"] = {
             "max": choose_bank_share(g_max, f_max, faint_paint, (FIXED_SHARE,))[2],
             "maxof": choose_bank_share(g_max, f_max, faint_paint, (FIXED_SHARE,), "max")[2],
-            "excess": choose_bank_share(
-                torch.stack([e_good, zero(e_good)], 1),
-                torch.stack([e_faint, zero(e_faint)], 1),
-                faint_paint,
-                (0.0,),
-            )[2],
+            "excess": map_criterion(e_good, e_faint, faint_paint),
         }
         print(f"stride {stride} faint criteria: {row['faint']}", flush=True)
         if a.save_terms:

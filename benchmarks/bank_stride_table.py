@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+FIGURES = ("image_auroc", "pixel_auroc", "au_pro")
+
 
 def cell(f: dict, stride: int | None = None, share: bool = True) -> str:
-    figures = " / ".join(f"{100 * f[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "au_pro"))
+    figures = " / ".join(f"{100 * f[k]:.2f}" for k in FIGURES)
     extra = f" (s{stride}, {f['share']:.1f})" if stride else f" ({f['share']:.1f})"
     return f"{figures}, {f['false_alarms']} / {f['misses']}" + (extra if share else "")
 
@@ -47,9 +49,22 @@ def by_set(runs: dict[str, dict]) -> dict[str, list[dict]]:
     return sets
 
 
-def set_header(rules: tuple[str, ...]) -> None:
+def set_rows(runs: dict[str, dict], rules: tuple[str, ...], spread: bool = False) -> None:
+    """Per set (by_set) and rule, the mean figures over its files (with `spread`, ± their sample std) and the
+    false alarms / misses summed over them."""
     print("\n| set (seeds) | " + " | ".join(("plain",) + rules) + " |")
     print("|---" * (len(rules) + 2) + "|")
+    for name, rs in by_set(runs).items():
+        row = [f"{name} ({len(rs)})"]
+        for k in ("plain",) + rules:
+            v = np.array([[100 * r[k][m] for m in FIGURES] for r in rs])
+            sd = v.std(0, ddof=1) if len(rs) > 1 else np.zeros(len(FIGURES))
+            figures = " / ".join(
+                f"{m:.2f} ± {d:.2f}" if spread else f"{m:.2f}" for m, d in zip(v.mean(0), sd, strict=True)
+            )
+            fa, miss = sum(r[k]["false_alarms"] for r in rs), sum(r[k]["misses"] for r in rs)
+            row.append(f"{figures}, {fa} / {miss}")
+        print("| " + " | ".join(row) + " |")
 
 
 THR_RULES = ("auto_max", "auto_thr", "auto_maxof")
@@ -66,16 +81,7 @@ def thr_table(paths: list[str]) -> None:
         row += [cell(r[k], r[k]["stride"], share=False) + f" (s{r[k]['stride']})" for k in THR_RULES]
         row += [", ".join(f"{m:.2f}" for m in r["strides"][s]["good_thresholds"]) for s in ("8", "4")]
         print("| " + " | ".join(row) + " |")
-    set_header(THR_RULES)
-    for name, rs in by_set(runs).items():
-        row = [f"{name} ({len(rs)})"]
-        for k in ("plain",) + THR_RULES:
-            mean = [
-                100 * sum(r[k][m] for r in rs) / len(rs) for m in ("image_auroc", "pixel_auroc", "au_pro")
-            ]
-            fa, miss = sum(r[k]["false_alarms"] for r in rs), sum(r[k]["misses"] for r in rs)
-            row.append(" / ".join(f"{v:.2f}" for v in mean) + f", {fa} / {miss}")
-        print("| " + " | ".join(row) + " |")
+    set_rows(runs, THR_RULES)
     print("\nThe default (`max`): false alarms / misses per threshold rule, summed over the files")
     trades: dict[str, list[int]] = {}
     for r in runs.values():
@@ -88,7 +94,6 @@ def thr_table(paths: list[str]) -> None:
 
 
 EXCESS_RULES = ("auto_max", "auto_maxof", "auto_excess")
-FIGURES = ("image_auroc", "pixel_auroc", "au_pro")
 
 
 def excess_table(paths: list[str]) -> None:
@@ -102,16 +107,7 @@ def excess_table(paths: list[str]) -> None:
         row += [cell(r[k], share=False) + f" (s{r[k]['stride']})" for k in EXCESS_RULES]
         row += [", ".join(f"{r['strides'][s]['excess']['g']:.3f}" for s in ("8", "4"))]
         print("| " + " | ".join(row) + " |")
-    set_header(EXCESS_RULES)
-    for name, rs in by_set(runs).items():
-        row = [f"{name} ({len(rs)})"]
-        for k in ("plain",) + EXCESS_RULES:
-            v = np.array([[100 * r[k][m] for m in FIGURES] for r in rs])
-            sd = v.std(0, ddof=1) if len(rs) > 1 else np.zeros(3)
-            fa, miss = sum(r[k]["false_alarms"] for r in rs), sum(r[k]["misses"] for r in rs)
-            figures = " / ".join(f"{m:.2f} ± {d:.2f}" for m, d in zip(v.mean(0), sd, strict=True))
-            row.append(f"{figures}, {fa} / {miss}")
-        print("| " + " | ".join(row) + " |")
+    set_rows(runs, EXCESS_RULES, spread=True)
 
 
 def main() -> None:
