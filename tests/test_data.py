@@ -14,6 +14,7 @@ from rd2t.data import (
     Sample,
     btad,
     folder,
+    labelled_defects,
     list_images,
     load_image,
     load_mask,
@@ -496,6 +497,48 @@ def test_folder_errors(tmp_path: Path) -> None:
         folder(tmp_path / "train", test_defect_dirs=[tmp_path / "bad"], mask_dir=tmp_path / "masks")
     text = one_line(error)
     assert text.startswith(f"{stray}: mask has no matching image") and str(tmp_path / "bad" / "y.png") in text
+
+
+def test_labelled_defects_by_type_with_masks_or_image_labels_only(tmp_path: Path) -> None:
+    """`rd2t train --val-defects DIR`: <type>/ folders (or loose images), masks in ground_truth/."""
+    root = tmp_path / "val"
+    write_image(root / "dent" / "d1.png")
+    write_image(root / "dent" / "d2.png")
+    write_image(root / "loose.png")
+    write_mask(root / "ground_truth" / "dent" / "d1_mask.png")
+    write_mask(root / "ground_truth" / "d2.png")  # flat, <stem>.*
+    write_mask(root / "ground_truth" / "loose_mask.png")
+    split = labelled_defects(root)
+    assert split.has_masks and not split.train and [s.label for s in split.test] == [1, 1, 1]
+    by_name = {s.path.name: s for s in split.test}
+    assert by_name["d1.png"].mask_path == root / "ground_truth" / "dent" / "d1_mask.png"
+    assert by_name["d2.png"].mask_path == root / "ground_truth" / "d2.png"
+    assert by_name["loose.png"].defect_type == "val" and by_name["d1.png"].defect_type == "dent"
+    bare = tmp_path / "bare"
+    write_image(bare / "scuff" / "s.jpg")
+    assert not labelled_defects(bare).has_masks  # image labels only: not an error
+
+
+def test_labelled_defects_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as error:
+        labelled_defects(tmp_path / "missing")
+    assert one_line(error) == f"{tmp_path / 'missing'}: folder of labelled defects not found"
+    (tmp_path / "empty" / "ground_truth").mkdir(parents=True)
+    with pytest.raises(InputError) as error:
+        labelled_defects(tmp_path / "empty")
+    assert one_line(error).startswith(f"{tmp_path / 'empty'}: no images")
+    good = write_image(tmp_path / "withgood" / "good" / "g.png").parent
+    write_image(tmp_path / "withgood" / "dent" / "d.png")
+    with pytest.raises(InputError) as error:
+        labelled_defects(tmp_path / "withgood")
+    assert one_line(error).startswith(f"{good}: good images among the labelled defects")
+    root = tmp_path / "partial"
+    write_image(root / "dent" / "a.png")
+    missing = write_image(root / "dent" / "b.png")
+    write_mask(root / "ground_truth" / "dent" / "a_mask.png")
+    with pytest.raises(InputError) as error:
+        labelled_defects(root)
+    assert one_line(error).startswith(f"{missing}: defective image has no mask")
 
 
 # ------------------------------------------------------------------------------------------ open_dataset

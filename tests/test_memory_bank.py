@@ -1,5 +1,8 @@
 """The optional nearest-neighbour term (config.memory_bank): coreset, distances, training, save/load, ONNX."""
 
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -237,6 +240,19 @@ def test_bank_saved_before_weights_existed_loads_as_the_plain_sum(bank_run):
     assert fresh.memory_bank.weights.tolist() == [1.0, 1.0]
 
 
+CHOICE = re.compile(
+    r"memory bank, stride (\d+), (sum|max): kNN share ([\d.]+) of the map, criterion ([\d.]+), "
+    r"on (.+ held-out good images) \("
+)
+
+
+def choice_lines(err: str) -> list[tuple[int, str, float, float, str]]:
+    """(stride, combine, share, criterion, what it was chosen on) of each line training prints per try."""
+    found = [CHOICE.match(line) for line in err.splitlines() if line.startswith("memory bank, stride")]
+    assert all(found), err
+    return [(int(m[1]), m[2], float(m[3]), float(m[4]), m[5]) for m in found]
+
+
 @pytest.mark.parametrize("stride, weight", [(8, -1.0), (0, -1.0), (0, 0.5)])
 def test_training_chooses_share_and_stride_on_pseudo_defects(texture_set, tmp_path, capfd, stride, weight):
     """bank_weight -1 chooses the share, bank_stride 0 the stride (8 or 4), on the painted held-out images;
@@ -247,13 +263,10 @@ def test_training_chooses_share_and_stride_on_pseudo_defects(texture_set, tmp_pa
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "2", "--image-size", str(SIZE)]
     args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05"]
     assert main([*args, "--set", f"bank_stride={stride}", "--set", f"bank_weight={weight}"]) == 0
-    err = capfd.readouterr().err
     tried = {}  # stride -> (share, criterion)
-    for line in err.splitlines():
-        if line.startswith("memory bank, stride"):
-            assert "48 pseudo-defects painted on 2 held-out good images" in line
-            words = line.replace(":", "").replace(",", "").split()
-            tried[int(words[3])] = (float(words[6]), float(words[11]))
+    for stride_tried, combine, share, value, on in choice_lines(capfd.readouterr().err):
+        assert combine == "sum" and on == "48 pseudo-defects painted and 2 held-out good images"
+        tried[stride_tried] = (share, value)
     assert sorted(tried) == ([4, 8] if stride == 0 else [stride])
     # the stride with the better criterion, ties to 8
     chosen = 8 if stride == 8 else max(tried, key=lambda s: (tried[s][1], s == 8))
@@ -262,6 +275,7 @@ def test_training_chooses_share_and_stride_on_pseudo_defects(texture_set, tmp_pa
         assert share == weight
     model, ckpt = load_model(out / "model.pt")
     assert model.config.bank_stride == chosen and model.config.bank_weight == weight  # the request stays
+    assert model.config.bank_combine == "sum"  # offline's "chosen" without labelled defects: today's sum
     assert model.memory_bank.weights.tolist() == pytest.approx([2 * (1 - share), 2 * share])
     assert model.memory_bank.fitted == (share > 0)
     if share > 0:
@@ -415,3 +429,69 @@ def test_bank_reads_only_its_candidates_and_keeps_what_all_patches_would_give(mo
     reference.fit(every, 0.05, model.config.seed)
     assert len(reference.patches) == round(0.05 * 384)
     torch.testing.assert_close(model.memory_bank.patches, reference.patches)
+
+
+def _labelled_copy(texture_set, dest, masks: bool):
+    """The texture set's stained test images as a --val-defects folder (stain/, ground_truth/stain/)."""
+    shutil.copytree(texture_set / "test/stain", dest / "stain")
+    if masks:
+        shutil.copytree(texture_set / "ground_truth/stain", dest / "ground_truth/stain")
+    return dest
+
+
+def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_set, tmp_path, capfd):
+    """--val-defects (round 12): offline's bank_combine "chosen" tries both strides and both combinations on
+    the labelled images (in place of painted ones), keeps the best criterion (ties: stride 8, then the sum),
+    and says how many of them the stored threshold catches."""
+    from rd2t.cli import main
+
+    val = _labelled_copy(texture_set, tmp_path / "val", masks=True)
+    out = tmp_path / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
+    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    tried = {(s, c): v for s, c, _, v, on in choice_lines(err)}
+    assert all(on == "6 labelled defects and 2 held-out good images" for *_, on in choice_lines(err))
+    assert sorted(tried) == [(4, "max"), (4, "sum"), (8, "max"), (8, "sum")]
+    best = max(tried, key=lambda k: (tried[k], k[0] == 8, k[1] == "sum"))
+    model, ckpt = load_model(out / "model.pt")
+    assert (model.config.bank_stride, model.config.bank_combine) == best
+    assert f"memory bank: stride {best[0]}, {best[1]} chosen" in err
+    # the report counts what the saved model flags among the labelled images
+    with torch.no_grad():
+        scores, _ = model(_inputs(sorted((val / "stain").glob("*.png"))))
+    caught = int((scores > ckpt.calibration.threshold).sum())
+    assert f"labelled defects: {caught} of 6 above the threshold {ckpt.calibration.threshold:.4f}" in err
+
+
+def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tmp_path, capfd):
+    """Image labels only are told apart by image AUROC, which 2 held-out good images cannot give: painted
+    pseudo-defects choose instead (said once), the combination stays the sum, and the report still comes."""
+    from rd2t.cli import main
+
+    val = _labelled_copy(texture_set, tmp_path / "val", masks=False)
+    out = tmp_path / "run"
+    args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
+    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "labelled defects without masks are told apart by image AUROC only" in err
+    assert {(c, on) for _, c, _, _, on in choice_lines(err)} == {
+        ("sum", "48 pseudo-defects painted and 2 held-out good images")
+    }
+    model, _ = load_model(out / "model.pt")
+    assert model.config.bank_combine == "sum"
+    assert re.search(r"labelled defects: \d of 6 above the threshold", err)
+
+
+def test_labelled_defects_are_refused_for_tiled_models_before_training(texture_set, tmp_path, capfd):
+    from rd2t.cli import main
+
+    val = _labelled_copy(texture_set, tmp_path / "val", masks=True)
+    args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1", "--tile", "64"]
+    args += ["--device", "cpu", "--val-defects", str(val)]
+    assert main(args) != 0
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --val-defects: tiled models (--tile) do not use labelled defects yet"
+    assert not (tmp_path / "run" / "last.pt").exists()

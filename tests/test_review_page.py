@@ -258,6 +258,10 @@ def test_review_path(station, browser, screenshots):
     with zipfile.ZipFile(download.value.path()) as zf:
         (name,) = zf.namelist()
         assert zf.read(name) == flagged_image  # the original bytes of the false alarm
+    with page.expect_download() as download:  # and the confirmed defect, as a --val-defects folder
+        page.click("#export-defects")
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert zf.namelist() == [f"defect/{confirmed['id']:08d}_{confirmed['image_sha256'][:12]}.png"]
     page.screenshot(path=str(screenshots / "model.png"), full_page=True, animations="disabled")
     page.close()
     assert not errors, errors

@@ -26,6 +26,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the station needs the [station] extra")
 httpx = pytest.importorskip("httpx")
 
+from rd2t.data import labelled_defects  # noqa: E402
 from rd2t.inference.predictor import Predictor  # noqa: E402
 from tests.conftest import paint_defect, texture  # noqa: E402
 
@@ -312,7 +313,7 @@ def test_listing_filters_and_paging(station):
     assert client.get("/v1/inspections/999999").status_code == 404
 
 
-def test_review_threshold_history_and_analysis(station, trained_cli_model):
+def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_path):
     from rd2t.service.settings import StationSettings
     from rd2t.service.station import Station
 
@@ -355,6 +356,20 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model):
         z.read(next(n for n in z.namelist() if n.startswith(f"{rec['id']:08d}_")))
         == client.get(rec["links"]["image"]).content
     )
+
+    # Images reviewed as defects come out as a folder `rd2t train --val-defects` reads (image labels only).
+    hit = inspect(client, images(1, seed=52, defect=True)[0]).json()
+    assert (
+        client.post(f"/v1/inspections/{hit['id']}/review", json={"state": "confirmed_defect"}).status_code
+        == 200
+    )
+    z = zipfile.ZipFile(io.BytesIO(client.get("/v1/export/reviewed-defects.zip").content))
+    (name,) = [n for n in z.namelist() if n.startswith(f"defect/{hit['id']:08d}_")]
+    assert z.read(name) == client.get(hit["links"]["image"]).content
+    assert not any(f"{rec['id']:08d}_" in n for n in z.namelist())  # the false alarm is not a defect
+    z.extractall(tmp_path / "val")
+    split = labelled_defects(tmp_path / "val")
+    assert not split.has_masks and tmp_path / "val" / name in [s.path for s in split.test]
 
 
 def test_health_metrics_model_and_openapi(station):

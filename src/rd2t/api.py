@@ -23,7 +23,7 @@ import numpy as np
 
 from rd2t.calibration import Calibration
 from rd2t.config import Config, preset
-from rd2t.data import Split, open_dataset
+from rd2t.data import Split, labelled_defects, open_dataset
 from rd2t.errors import ConfigError, InputError, OutputError, RD2TError
 from rd2t.files import atomic_write, check_writable
 from rd2t.inference.predictor import Prediction, Predictor, expand_paths
@@ -82,17 +82,32 @@ class Detector:
     # ---- train ----------------------------------------------------------------------------------------
 
     def fit(
-        self, data, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True
+        self,
+        data,
+        out_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        val_defects: str | Path | None = None,
     ) -> Detector:
         """Train on good images (folder, dataset root, Split or list of paths); under torchrun, with DDP.
-        A Split's own held-out good images (MVTec AD 2's validation/good) calibrate the threshold."""
+        A Split's own held-out good images (MVTec AD 2's validation/good) calibrate the threshold.
+        `val_defects`: a folder of a few labelled defective images of the part (data.labelled_defects) on
+        which the memory bank's settings are chosen (docs/model.md); read before any epoch runs."""
         from rd2t.training.launcher import maybe_distributed_train
 
         out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rd2t-"))
         check_writable(out)
         held_out = [s.path for s in data.validation] if isinstance(data, Split) else None
+        defects = labelled_defects(val_defects).test if val_defects is not None else None
         result = maybe_distributed_train(
-            self.config, training_images(data), out, resume=resume, progress=progress, held_out=held_out
+            self.config,
+            training_images(data),
+            out,
+            resume=resume,
+            progress=progress,
+            held_out=held_out,
+            val_defects=defects,
         )
         if result is None:  # a non-zero rank of a distributed run
             return self

@@ -132,6 +132,13 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda|cuda:N")] = None,
+    val_defects: Annotated[
+        Path | None,
+        typer.Option(
+            help="A few labelled defective images of this part (<type>/ folders, masks in ground_truth/): "
+            "the memory bank's settings are chosen on them; never trained on."
+        ),
+    ] = None,
     sets: Sets = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
 ) -> None:
@@ -173,7 +180,7 @@ def train(
     split = _split(data, dataset, category)  # with the layout's own validation/good, if it has one
     t0 = time.time()
     try:
-        det = Detector(cfg).fit(split, out, resume=resume)
+        det = Detector(cfg).fit(split, out, resume=resume, val_defects=val_defects)
     except KeyboardInterrupt:  # SIGINT/SIGTERM: the loop finished its step and wrote last.pt
         typer.echo(f"interrupted: progress saved to {out / 'last.pt'}; rerun with --resume", err=True)
         raise typer.Exit(130) from None

@@ -66,7 +66,8 @@ class Config:
         "sum",
         MODEL,
         "how the two scaled terms make one map: sum | max (their per-pixel maximum: large faint defects that "
-        "only the kNN term sees keep their full height; docs/ablations.md, round 10)",
+        "only the kNN term sees keep their full height; docs/ablations.md, round 10) | chosen (on labelled "
+        "defects, --val-defects; the sum without them; round 12)",
     )
     # ---- training ----
     epochs: int = _f(200, TRAINING, "RD4AD's 200")
@@ -150,8 +151,8 @@ class Config:
             bad("bank_stride", "4, 8 or 0 (chosen on pseudo-defects)")
         if self.bank_scale not in ("std", "max"):
             bad("bank_scale", "std or max")
-        if self.bank_combine not in ("sum", "max"):
-            bad("bank_combine", "sum or max")
+        if self.bank_combine not in ("sum", "max", "chosen"):
+            bad("bank_combine", "sum, max or chosen")
         if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
             bad("sigma", "a number >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -243,7 +244,15 @@ PRESETS: dict[str, tuple[str, Config]] = {
         # The bank (1 % of the patches, stride chosen on pseudo-defects, plain sum) gained on every
         # development set and seed, magnetic tile most (docs/ablations.md, round 5); scaling its terms by
         # their peaks on good images gained on magnetic tile again and cost nothing elsewhere (round 6).
-        Config(preset="offline", memory_bank=0.01, bank_stride=0, bank_weight=0.5, bank_scale="max"),
+        # bank_combine "chosen" is the sum unless the user gives labelled defects (--val-defects, round 12).
+        Config(
+            preset="offline",
+            memory_bank=0.01,
+            bank_stride=0,
+            bank_weight=0.5,
+            bank_scale="max",
+            bank_combine="chosen",
+        ),
     ),
     "paper": (
         "the paper's teachers: WideResNet-50-2 + ResNet-50, torchvision ImageNet weights (hub or files)",

@@ -499,6 +499,41 @@ def _detect_folder(base: Path) -> Split:
     return folder(train_dir, good_dirs[0] if good_dirs else None, defect_dirs, mask_dir)
 
 
+def labelled_defects(root: PathLike) -> Split:
+    """A few defective images of the user's own part, for training's choices (``rd2t train --val-defects``).
+
+    ``root/<defect type>/`` folders of defective images (or the images directly in ``root``), masks in
+    ``root/ground_truth/`` (or masks/, mask/) as ``<defect type>/<stem>_mask.*`` or ``<stem>.*``, for every
+    image or for none (then only image labels are used). A good/ok/normal folder is refused: the good side
+    of the choice is the held-out training images. Returned as a Split with no training images.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError(f"{base}: folder of labelled defects not found")
+    mask_dir = next((base / n for n in _MASK_DIR_NAMES if (base / n).is_dir()), None)
+    groups = [d for d in _subdirs(base) if d.name not in _MASK_DIR_NAMES]
+    good = [d for d in groups if d.name.lower() in _GOOD_NAMES]
+    if good:
+        raise InputError(
+            f"{good[0]}: good images among the labelled defects (only defective images belong here; the "
+            "good ones the choice needs are held out from training, --val-fraction)"
+        )
+    if list_images(base):
+        groups = [base, *groups]
+    samples: list[Sample] = []
+    for group in groups:
+        mask_dirs = [] if mask_dir is None else [mask_dir / group.name, mask_dir]
+        samples += _defect_samples(group, group.name, mask_dirs, orphan_check=False)
+    if not samples:
+        raise InputError(f"{base}: no images (expected <defect type>/ folders of defective images)")
+
+    def hint(sample: Sample) -> str:
+        folders = () if mask_dir is None else (mask_dir / sample.defect_type, mask_dir)
+        return _looked_for(*folders)(sample)
+
+    return _finish([], samples, f"labelled defects/{base.name}", hint)
+
+
 _READERS: dict[str, Callable[[PathLike, str], Split]] = {
     "mvtec": mvtec,
     "btad": btad,

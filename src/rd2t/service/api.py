@@ -319,15 +319,14 @@ def get_model(request: Request):
     return station_of(request).model_description()
 
 
-@api.get("/export/reviewed-good.zip", summary="Originals reviewed as good: new training images")
-def export_reviewed_good(request: Request):
-    st = station_of(request)
+def _originals_zip(st: Station, states: tuple[str, ...], name: str, folder: str = "") -> StreamingResponse:
+    """The stored originals of the inspections reviewed as one of `states`, as `name` (under `folder`/)."""
     spool = tempfile.SpooledTemporaryFile(max_size=32 << 20)  # noqa: SIM115 (closed by the response)
     with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED) as zf:  # images are compressed already
-        for row in st.reviewed_good_rows():
+        for row in st.reviewed_rows(states):
             path = st.storage.path(row["image_path"])
             if path.is_file():
-                zf.write(path, f"{row['id']:08d}_{row['image_sha256'][:12]}{path.suffix}")
+                zf.write(path, f"{folder}{row['id']:08d}_{row['image_sha256'][:12]}{path.suffix}")
     spool.seek(0)
 
     def chunks():
@@ -335,8 +334,22 @@ def export_reviewed_good(request: Request):
             while block := spool.read(1 << 20):
                 yield block
 
-    headers = {"Content-Disposition": 'attachment; filename="reviewed-good.zip"'}
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+
+
+@api.get("/export/reviewed-good.zip", summary="Originals reviewed as good: new training images")
+def export_reviewed_good(request: Request):
+    return _originals_zip(station_of(request), db.REVIEWED_GOOD, "reviewed-good.zip")
+
+
+@api.get(
+    "/export/reviewed-defects.zip",
+    summary="Originals reviewed as defects, in defect/: a folder for `rd2t train --val-defects`",
+)
+def export_reviewed_defects(request: Request):
+    # Image labels only (the station has no masks): training chooses on them with >= 10 held-out good images.
+    return _originals_zip(station_of(request), db.REVIEWED_DEFECT, "reviewed-defects.zip", "defect/")
 
 
 @api.get("/events", summary="Server-Sent Events: one `inspection` event per new inspection")

@@ -366,10 +366,11 @@ class Station:
         with self.engine.connect() as conn:
             return [s for (s,) in conn.execute(sa.select(t.c.score).where(t.c.review_state.in_(states)))]
 
-    def reviewed_good_rows(self) -> list[dict]:
+    def reviewed_rows(self, states: tuple[str, ...]) -> list[dict]:
+        """Inspections reviewed as one of `states` (db.REVIEWED_GOOD or REVIEWED_DEFECT), oldest first."""
         t = db.inspections
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t).where(t.c.review_state.in_(db.REVIEWED_GOOD)).order_by(t.c.id))
+            rows = conn.execute(sa.select(t).where(t.c.review_state.in_(states)).order_by(t.c.id))
             return [dict(r) for r in rows.mappings()]
 
     def has_source(self, source: str) -> bool:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from rd2t.config import Config
+from rd2t.data.datasets import Sample
 from rd2t.training import distributed as ddp
 from rd2t.training.loop import TrainResult, train
 
@@ -22,11 +23,13 @@ def maybe_distributed_train(
     resume: bool = False,
     progress: bool = True,
     held_out: list[Path] | None = None,
+    val_defects: list[Sample] | None = None,
 ) -> TrainResult | None:
     """Plain training, or DDP when launched by torchrun (WORLD_SIZE > 1); None on ranks other than 0."""
+    extra = {"held_out": held_out, "val_defects": val_defects}
     if world_size() <= 1:
-        return train(config, images, out_dir, resume=resume, progress=progress, held_out=held_out)
-    return train_distributed(config, images, out_dir, resume=resume, progress=progress, held_out=held_out)
+        return train(config, images, out_dir, resume=resume, progress=progress, **extra)
+    return train_distributed(config, images, out_dir, resume=resume, progress=progress, **extra)
 
 
 def train_distributed(
@@ -37,10 +40,19 @@ def train_distributed(
     resume: bool = False,
     progress: bool = True,
     held_out: list[Path] | None = None,
+    val_defects: list[Sample] | None = None,
 ) -> TrainResult | None:
     """`train` as one process of a torchrun launch: joins the process group (NCCL on GPUs, gloo on CPU),
     trains with DDP, leaves the group (always). The result on rank 0, None on the other ranks."""
     with ddp.process_group(config.device) as rank:
-        result = train(config, good_images, out_dir, resume=resume, progress=progress, held_out=held_out)
+        result = train(
+            config,
+            good_images,
+            out_dir,
+            resume=resume,
+            progress=progress,
+            held_out=held_out,
+            val_defects=val_defects,
+        )
     ddp.local_batchnorm(result.model)  # plain BatchNorm2d again, as from a single-process run
     return result if rank == 0 else None

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from rd2t.calibration import Calibration, map_range_from, threshold_from_scores
 from rd2t.config import Config
+from rd2t.data.datasets import Sample
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import CheckpointError, ConfigError, InputError, RD2TError
@@ -66,6 +67,38 @@ def load_training_images(
     if not tensors:
         raise InputError(f"none of the {len(paths)} {what} image(s) could be read")
     return torch.stack(tensors), kept
+
+
+@dataclass
+class LabelledDefects:
+    """The user's own defective images (`--val-defects`), resized as the model sees them."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    masks: torch.Tensor | None  # (N, S, S) bool, None when the folder has image labels only
+
+
+def load_labelled_defects(samples: list[Sample], size: int) -> LabelledDefects | None:
+    """Read each image and its mask (a mask covering any part of a shrunk pixel marks it); an unreadable
+    one is reported and skipped, not fatal. None when none could be read."""
+    from rd2t.data import load_image, load_mask
+    from rd2t.data.images import resize_mask
+
+    images, masks = [], []
+    for sample in samples:
+        try:
+            image = load_image(sample.path)
+            mask = None
+            if sample.mask_path is not None:
+                mask = load_mask(sample.mask_path, image.size, image_path=sample.path)
+                mask = torch.from_numpy(resize_mask(mask, (size, size)))
+            images.append(to_uint8_tensor(image, size))
+            masks += [] if mask is None else [mask]
+        except InputError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    if not images:
+        print(f"warning: none of the {len(samples)} labelled defect image(s) could be read", file=sys.stderr)
+        return None
+    return LabelledDefects(torch.stack(images), torch.stack(masks) if masks else None)
 
 
 def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -133,6 +166,27 @@ def calibrate(
     )
 
 
+def report_labelled_defects(
+    model: RD2T, defects: LabelledDefects, calibration: Calibration, batch_size: int
+) -> int:
+    """Say how many of the labelled defects the stored threshold catches (what a line would miss);
+    returns that count."""
+    predictor = Predictor.from_model(model)
+    scores = np.concatenate(
+        [
+            predictor.score_tensors(defects.images[i : i + batch_size])[0]
+            for i in range(0, len(defects.images), batch_size)
+        ]
+    )
+    caught = int((scores > calibration.threshold).sum())
+    print(
+        f"labelled defects: {caught} of {len(scores)} above the threshold {calibration.threshold:.4f} "
+        f"(their scores {np.min(scores):.4f} to {np.max(scores):.4f})",
+        file=sys.stderr,
+    )
+    return caught
+
+
 # ---- memory bank (config.memory_bank > 0) -------------------------------------------------------------
 
 
@@ -144,11 +198,17 @@ def fit_memory_bank(
     cache: FeatureCache | None,
     batch_size: int,
     tiled: bool = False,
+    defects: LabelledDefects | None = None,
 ) -> None:
     """Keep a coreset of the training patches, z-score both map terms on held-out good images, then weigh
     them (config.bank_weight, or chosen on pseudo-defects painted on the held-out images). bank_stride 0
     fits a bank at each of BANK_STRIDES and keeps the one whose map tells the painted images best. Tiled
-    models pass tiles for images and held_out: each tile is what the model scores."""
+    models pass tiles for images and held_out: each tile is what the model scores.
+
+    `defects`, the user's own labelled defective images (`--val-defects`), take the painted images' place in
+    every choice, and bank_combine "chosen" then also chooses between the sum and the maximum on them
+    (round 12); without them "chosen" is the sum, which painted images cannot tell from the maximum
+    (rounds 10-11). The config keeps what was chosen."""
     model.eval()
     device = next(model.parameters()).device
     config = model.config
@@ -165,13 +225,26 @@ def fit_memory_bank(
     def zscored(terms: torch.Tensor) -> torch.Tensor:
         return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
 
-    choose = config.bank_weight < 0 or len(strides) > 1
-    if choose:
-        painted, masks = paint_pseudo_defects(
+    if defects is not None and defects.masks is None and len(held_out) < FEW_CALIBRATION_IMAGES:
+        print(
+            f"warning: labelled defects without masks are told apart by image AUROC only, which needs at "
+            f"least {FEW_CALIBRATION_IMAGES} held-out good images ({len(held_out)} here); painted "
+            "pseudo-defects choose instead",
+            file=sys.stderr,
+        )
+        defects = None
+    combines = ("sum", "max") if config.bank_combine == "chosen" and defects is not None else None
+    choose = config.bank_weight < 0 or len(strides) > 1 or combines is not None
+    if defects is not None:
+        bad, masks, what = defects.images, defects.masks, f"{len(defects.images)} labelled defects"
+    elif choose:
+        bad, masks = paint_pseudo_defects(
             held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=config.seed
         )
+        what = f"{len(bad)} pseudo-defects painted"
+    combines = combines or (config.bank_combine if config.bank_combine != "chosen" else "sum",)
     unit = "tiles" if tiled else "images"
-    fitted = {}  # stride -> (criterion, share, bank)
+    fitted = {}  # stride -> (criterion, share, bank, combine)
     for stride in strides:
         model.use_bank_stride(stride)
         _fit_patches(model, images, cache, batch_size)
@@ -184,24 +257,25 @@ def fit_memory_bank(
             # high peaks on good images (the student on a varied texture) then weighs less.
             model.memory_bank.zscore[1::2] *= good_peaks(zscored(good))
         if not choose:
-            fitted[stride] = (0.0, config.bank_weight, model.memory_bank)
+            fitted[stride] = (0.0, config.bank_weight, model.memory_bank, combines[0])
             break
         shares = BANK_SHARES if config.bank_weight < 0 else (config.bank_weight,)
-        share, table, value = choose_bank_share(
-            zscored(good), zscored(terms_of(painted)), masks, shares, config.bank_combine
-        )
-        print(
-            f"memory bank, stride {stride}: kNN share {share:.1f} of the map, criterion {value:.4f}, on "
-            f"{len(painted)} pseudo-defects painted on {len(good)} held-out good {unit} (image AUROC / pixel "
-            "AUROC / AU-PRO: " + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table) + ")",
-            file=sys.stderr,
-        )
-        fitted[stride] = (value, share, model.memory_bank)
+        good_z, bad_z = zscored(good), zscored(terms_of(bad))
+        for combine in combines:  # ties keep the first: the sum
+            share, table, value = choose_bank_share(good_z, bad_z, masks, shares, combine)
+            print(
+                f"memory bank, stride {stride}, {combine}: kNN share {share:.1f} of the map, criterion "
+                f"{value:.4f}, on {what} and {len(good)} held-out good {unit} (image AUROC / pixel AUROC / "
+                "AU-PRO: " + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table) + ")",
+                file=sys.stderr,
+            )
+            if stride not in fitted or value > fitted[stride][0]:
+                fitted[stride] = (value, share, model.memory_bank, combine)
     stride = best_stride({s: v[0] for s, v in fitted.items()})
-    _, share, model.memory_bank = fitted[stride]
-    model.config = model.config.replace(bank_stride=stride)
-    if len(strides) > 1:
-        print(f"memory bank: stride {stride} chosen", file=sys.stderr)
+    _, share, model.memory_bank, combine = fitted[stride]
+    model.config = model.config.replace(bank_stride=stride, bank_combine=combine)
+    if len(strides) > 1 or len(combines) > 1:
+        print(f"memory bank: stride {stride}, {combine} chosen", file=sys.stderr)
     model.memory_bank.set_share(share)
 
 
@@ -244,13 +318,14 @@ PSEUDO_DEFECTS = 48  # painted images at least, however few the held-out images
 def choose_bank_share(
     good: torch.Tensor,
     bad: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     shares: tuple[float, ...] = BANK_SHARES,
     combine: str = "sum",
 ) -> tuple[float, list[tuple[float, float, float, float]], float]:
     """The kNN term's share w of the map (1 - w for the student's), among `shares`, that best tells the
     painted images from the good ones. good (G, 2, H, W) and bad (B, 2, H, W) are the z-scored term maps
-    (MemoryBank.standardise); masks (B, H, W) the paint; combine: config.bank_combine, as the model does.
+    (MemoryBank.standardise); masks (B, H, W) the paint, or the labelled defects' masks (None: image labels
+    only, the criterion is image AUROC alone); combine: "sum" or "max", as the model does.
 
     The criterion mirrors the three figures a user is shown: the mean of image AUROC (map maximum), pixel
     AUROC and AU-PRO, all on the maps at 1/4 resolution (ranks need no more); image AUROC is left out under
@@ -262,17 +337,21 @@ def choose_bank_share(
 
     maps = F.avg_pool2d(torch.cat([good, bad]).float(), 4)
     labels = [0] * len(good) + [1] * len(bad)
-    truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
-    truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
+    truth = None
+    if masks is not None:
+        truth = torch.cat([torch.zeros(len(good), *masks.shape[1:]), masks.float()])[:, None]
+        truth = list((F.avg_pool2d(truth, 4) > 0.5)[:, 0].numpy())
     table = []
     for w in shares:
         amap = combine_terms((1 - w) * maps[:, 0], w * maps[:, 1], combine).numpy()
-        pixel = pixel_metrics(truth, list(amap))
+        pixel = pixel_metrics(truth, list(amap)) if truth is not None else {}
         image = image_auroc(labels, amap.reshape(len(amap), -1).max(1))
-        table.append((w, float(image), float(pixel["pixel_auroc"]), float(pixel["au_pro"])))
-    first = 1 if len(good) >= FEW_CALIBRATION_IMAGES else 2
-    share = best_share(table, first)
-    return share, table, criterion(next(r for r in table if r[0] == share), first)
+        table.append(
+            (w, float(image), float(pixel.get("pixel_auroc", "nan")), float(pixel.get("au_pro", "nan")))
+        )
+    first, last = (1 if len(good) >= FEW_CALIBRATION_IMAGES else 2), (2 if truth is None else None)
+    share = best_share(table, first, last)
+    return share, table, criterion(next(r for r in table if r[0] == share), first, last)
 
 
 def jitter(features: Features, scale: float, seed: int) -> Features:
@@ -293,15 +372,15 @@ def jitter(features: Features, scale: float, seed: int) -> Features:
     return out
 
 
-def criterion(row: tuple[float, ...], first: int) -> float:
-    """The mean over columns first.. of a (w, image AUROC, pixel AUROC, AU-PRO) row, rounded to 4 digits so
-    noise does not decide."""
-    return round(float(np.mean(row[first:])), 4)
+def criterion(row: tuple[float, ...], first: int, last: int | None = None) -> float:
+    """The mean over columns first..last (exclusive) of a (w, image AUROC, pixel AUROC, AU-PRO) row, rounded
+    to 4 digits so noise does not decide."""
+    return round(float(np.mean(row[first:last])), 4)
 
 
-def best_share(table: list[tuple[float, ...]], first: int) -> float:
+def best_share(table: list[tuple[float, ...]], first: int, last: int | None = None) -> float:
     """The share of the row with the best criterion; ties go to the smaller share."""
-    return max(table, key=lambda r: (criterion(r, first), -r[0]))[0]
+    return max(table, key=lambda r: (criterion(r, first, last), -r[0]))[0]
 
 
 def best_stride(criteria: dict[int, float]) -> int:
@@ -386,11 +465,14 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     held_out: list[Path] | None = None,
+    val_defects: list[Sample] | None = None,
 ) -> TrainResult:
     """Train on defect-free images; writes out_dir/last.pt every epoch and out_dir/model.pt at the end.
 
     The threshold comes from `held_out` good images when given (a dataset's own validation/good, as MVTec
-    AD 2 has); otherwise `config.val_fraction` of `good_images` is held out for it.
+    AD 2 has); otherwise `config.val_fraction` of `good_images` is held out for it. `val_defects`, a few
+    labelled defective images of the same part (data.labelled_defects), make the memory bank's choices
+    (fit_memory_bank) and are reported against the threshold; no epoch trains on them.
 
     `stop_after` ends the run after that many epochs *of this call* (as an interruption would); the
     checkpoint then says incomplete and `resume=True` continues it.
@@ -407,8 +489,13 @@ def train(
     if resume:  # rank 0 reads the checkpoint and sends it to the others: only its out_dir must hold it
         state = ddp.from_rank0(lambda: Checkpoint.load(last_path) if last_path.exists() else None)
     if state is not None:
-        # a finished run's last.pt records the bank stride it chose; a request to choose (0) matches it
-        stored = state.config.replace(bank_stride=0) if config.bank_stride == 0 else state.config
+        # a finished run's last.pt records the bank stride and combination it chose; a request to choose
+        # (stride 0, "chosen") matches it
+        stored = state.config
+        if config.bank_stride == 0:
+            stored = stored.replace(bank_stride=0)
+        if config.bank_combine == "chosen":
+            stored = stored.replace(bank_combine="chosen")
         conflicts = stored.conflicts(config)
         if conflicts:
             raise ConfigError(
@@ -440,6 +527,8 @@ def train(
         optimizer.load_state_dict(state.optimizer)
 
     tiler = Tiler.of(config)
+    if val_defects and tiler is not None:
+        raise ConfigError("--val-defects: tiled models (--tile) do not use labelled defects yet")
     if tiler is not None:  # training rows are tiles; calibration scores whole images, tiled, from their files
         images, train_paths = load_training_tiles(train_paths, tiler, progress, "training")
     else:
@@ -544,10 +633,15 @@ def train(
     if rank == 0:
         source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
+        defects = load_labelled_defects(val_defects, config.image_size) if val_defects else None
         if model.memory_bank is not None:  # tiled: bank, z-scores and share are per tile, as the model scores
             bank_held_out = held_out if tiler is None else load_training_tiles(held_out, tiler, False)[0]
-            fit_memory_bank(model, images, bank_held_out, cache, config.batch_size, tiled=tiler is not None)
+            fit_memory_bank(
+                model, images, bank_held_out, cache, config.batch_size, tiler is not None, defects
+            )
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
+        if defects is not None:
+            report_labelled_defects(model, defects, calibration, config.batch_size)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )
