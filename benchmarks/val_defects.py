@@ -32,11 +32,13 @@ import numpy as np
 import torch
 from bank_rules import test_figures, test_set, z_terms  # benchmarks/ is on the path when a script runs
 
+from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.network import RD2T
 from rd2t.training.loop import (
     BANK_STRIDES,
+    PSEUDO_DEFECTS,
     LabelledDefects,
     choose_bank_share,
     fit_memory_bank,
@@ -90,6 +92,9 @@ def run(a: argparse.Namespace) -> None:
     test, sizes, test_images, masks = test_set(a.root, a.category, size)
     choose, score_defects = halves(test, seed)
     scoring = sorted([i for i, s in enumerate(test) if s.label == 0] + score_defects)
+    painted, paint = paint_pseudo_defects(
+        held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=seed
+    )  # as fit_memory_bank paints them
     labelled = load_labelled_defects([test[i] for i in choose], size)
     assert labelled is not None and labelled.masks is not None
     defects = {"default": None, "labelled": labelled, "image_only": LabelledDefects(labelled.images, None)}
@@ -109,13 +114,14 @@ def run(a: argparse.Namespace) -> None:
         with torch.no_grad():
             fit_memory_bank(model, images, held_out, None, ckpt.config.batch_size)
         good, terms = z_terms(model, held_out), z_terms(model, test_images[scoring])
-        bad = z_terms(model, labelled.images)
+        bad, painted_z = z_terms(model, labelled.images), z_terms(model, painted)
         for combine in COMBINES:
             name = f"s{stride}_{combine}"
             # the criteria the product computes, for the record (the choice itself is the product's, below)
             crit = {
                 "labelled": choose_bank_share(good, bad, labelled.masks, (0.5,), combine)[2],
                 "image_only": choose_bank_share(good, bad, None, (0.5,), combine)[2],
+                "painted": choose_bank_share(good, painted_z, paint, (0.5,), combine)[2],  # ties: sum's
             }
             pick = (lambda t: t.sum(1)) if combine == "sum" else (lambda t: t.amax(1))
             maps[stride, combine] = pick(terms)

@@ -441,8 +441,8 @@ def _labelled_copy(texture_set, dest, masks: bool):
 
 def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_set, tmp_path, capfd):
     """--val-defects (round 12): offline's bank_combine "chosen" tries both strides and both combinations on
-    the labelled images (in place of painted ones), keeps the best criterion (ties: stride 8, then the sum),
-    and says how many of them the stored threshold catches."""
+    the labelled images (in place of painted ones), keeps the best criterion (ties: the painted images'
+    criterion, then stride 8, then the sum), and says how many of them the stored threshold catches."""
     from rd2t.cli import main
 
     val = _labelled_copy(texture_set, tmp_path / "val", masks=True)
@@ -451,9 +451,12 @@ def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_
     args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
     assert main(args) == 0
     err = capfd.readouterr().err
-    tried = {(s, c): v for s, c, _, v, on in choice_lines(err)}
+    lines = [line for line in err.splitlines() if line.startswith("memory bank, stride")]
+    ties = [float(re.search(r"\); on the painted images ([\d.]+)$", line)[1]) for line in lines]
+    tried = {(s, c): (v, tie) for (s, c, _, v, _), tie in zip(choice_lines(err), ties, strict=True)}
     assert all(on == "6 labelled defects and 2 held-out good images" for *_, on in choice_lines(err))
     assert sorted(tried) == [(4, "max"), (4, "sum"), (8, "max"), (8, "sum")]
+    # the labelled criterion, then the painted images', then stride 8, then the sum
     best = max(tried, key=lambda k: (tried[k], k[0] == 8, k[1] == "sum"))
     model, ckpt = load_model(out / "model.pt")
     assert (model.config.bank_stride, model.config.bank_combine) == best

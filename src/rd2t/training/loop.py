@@ -235,16 +235,13 @@ def fit_memory_bank(
         defects = None
     combines = ("sum", "max") if config.bank_combine == "chosen" and defects is not None else None
     choose = config.bank_weight < 0 or len(strides) > 1 or combines is not None
-    if defects is not None:
-        bad, masks, what = defects.images, defects.masks, f"{len(defects.images)} labelled defects"
-    elif choose:
-        bad, masks = paint_pseudo_defects(
+    if choose:  # with labelled defects the painted images only break their ties
+        painted, paint = paint_pseudo_defects(
             held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=config.seed
         )
-        what = f"{len(bad)} pseudo-defects painted"
     combines = combines or (config.bank_combine if config.bank_combine != "chosen" else "sum",)
     unit = "tiles" if tiled else "images"
-    fitted = {}  # stride -> (criterion, share, bank, combine)
+    fitted = {}  # (stride, combine) -> (criteria, share, bank)
     for stride in strides:
         model.use_bank_stride(stride)
         _fit_patches(model, images, cache, batch_size)
@@ -257,24 +254,34 @@ def fit_memory_bank(
             # high peaks on good images (the student on a varied texture) then weighs less.
             model.memory_bank.zscore[1::2] *= good_peaks(zscored(good))
         if not choose:
-            fitted[stride] = (0.0, config.bank_weight, model.memory_bank, combines[0])
+            fitted[stride, combines[0]] = ((0.0,), config.bank_weight, model.memory_bank)
             break
         shares = BANK_SHARES if config.bank_weight < 0 else (config.bank_weight,)
-        good_z, bad_z = zscored(good), zscored(terms_of(bad))
-        for combine in combines:  # ties keep the first: the sum
-            share, table, value = choose_bank_share(good_z, bad_z, masks, shares, combine)
+        good_z, painted_z = zscored(good), zscored(terms_of(painted))
+        labelled_z = zscored(terms_of(defects.images)) if defects is not None else None
+        for combine in combines:
+            if defects is None:
+                share, table, value = choose_bank_share(good_z, painted_z, paint, shares, combine)
+                criteria, on = (value,), f"{len(painted)} pseudo-defects painted"
+            else:
+                share, table, value = choose_bank_share(good_z, labelled_z, defects.masks, shares, combine)
+                # the stride's painted criterion on the sum, as without labelled defects: painted images
+                # do not tell the sum from the maximum (rounds 10-11)
+                tie = choose_bank_share(good_z, painted_z, paint, (share,))[2]
+                criteria, on = (value, tie), f"{len(defects.images)} labelled defects"
             print(
                 f"memory bank, stride {stride}, {combine}: kNN share {share:.1f} of the map, criterion "
-                f"{value:.4f}, on {what} and {len(good)} held-out good {unit} (image AUROC / pixel AUROC / "
-                "AU-PRO: " + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table) + ")",
+                f"{value:.4f}, on {on} and {len(good)} held-out good {unit} (image AUROC / pixel AUROC / "
+                "AU-PRO: "
+                + ", ".join(f"{w:.1f}: {i:.3f}/{p:.3f}/{a:.3f}" for w, i, p, a in table)
+                + (")" if len(criteria) == 1 else f"); on the painted images {criteria[1]:.4f}"),
                 file=sys.stderr,
             )
-            if stride not in fitted or value > fitted[stride][0]:
-                fitted[stride] = (value, share, model.memory_bank, combine)
-    stride = best_stride({s: v[0] for s, v in fitted.items()})
-    _, share, model.memory_bank, combine = fitted[stride]
+            fitted[stride, combine] = (criteria, share, model.memory_bank)
+    stride, combine = best_choice({k: v[0] for k, v in fitted.items()})
+    _, share, model.memory_bank = fitted[stride, combine]
     model.config = model.config.replace(bank_stride=stride, bank_combine=combine)
-    if len(strides) > 1 or len(combines) > 1:
+    if len(fitted) > 1:
         print(f"memory bank: stride {stride}, {combine} chosen", file=sys.stderr)
     model.memory_bank.set_share(share)
 
@@ -383,10 +390,16 @@ def best_share(table: list[tuple[float, ...]], first: int, last: int | None = No
     return max(table, key=lambda r: (criterion(r, first, last), -r[0]))[0]
 
 
+def best_choice(criteria: dict[tuple[int, str], tuple[float, ...]]) -> tuple[int, str]:
+    """The (stride, combine) with the best criteria, compared in order (the labelled defects', then the
+    painted images'); ties go to the earlier of BANK_STRIDES (8: PatchCore's and the cheaper), then to the
+    sum."""
+    return max(criteria, key=lambda k: (criteria[k], -BANK_STRIDES.index(k[0]), k[1] == "sum"))
+
+
 def best_stride(criteria: dict[int, float]) -> int:
-    """The bank stride with the best criterion; ties go to the earlier of BANK_STRIDES (8: PatchCore's and
-    the cheaper)."""
-    return max(criteria, key=lambda s: (criteria[s], -BANK_STRIDES.index(s)))
+    """The bank stride with the best criterion (best_choice with the sum)."""
+    return best_choice({(s, "sum"): (v,) for s, v in criteria.items()})[0]
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
