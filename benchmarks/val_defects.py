@@ -13,7 +13,9 @@ For one trained plain model (`--memory-bank 0`) and its data set:
   masks (read by the product's loader); (c) `image_only`, the same images without masks;
 - each of the four candidates (stride 8 or 4, sum or max) is fitted once and scored on the scoring set at
   the original resolution; a variant's figures are those of the candidate it chose, after checking that
-  the variant's own model gives that candidate's maps.
+  the variant's own model gives that candidate's maps. Every fit reads the training images' fp16
+  teacher-feature cache, as training's own fit does (so the default's figures differ from round 11's,
+  fitted from float32 features, by float noise), and computes each coreset once (remember_coresets).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/val_defects.py runs/mt_s0/model.pt \
         --root ../shared/data/magnetic_tile --json docs/measured/round12/mt_s0.json
@@ -23,6 +25,7 @@ For one trained plain model (`--memory-bank 0`) and its data set:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -32,10 +35,12 @@ import numpy as np
 import torch
 from bank_rules import test_figures, test_set, z_terms  # benchmarks/ is on the path when a script runs
 
+import rd2t.model.memory_bank as memory_bank_module
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.network import RD2T
+from rd2t.training.cache import FeatureCache
 from rd2t.training.loop import (
     BANK_STRIDES,
     PSEUDO_DEFECTS,
@@ -68,6 +73,21 @@ def halves(test: list, seed: int) -> tuple[list[int], list[int]]:
     return sorted(choose), sorted(score)
 
 
+def remember_coresets() -> None:
+    """greedy_coreset is deterministic in its patches, count and seed, so every fit here after the first on
+    the same patches (5 more per stride) reuses its picks instead of recomputing them (~1 min each on
+    magnetic tile); the fitted banks are the ones the product computes."""
+    greedy, done = memory_bank_module.greedy_coreset, {}
+
+    def remembered(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+        key = (hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), tuple(x.shape), n, seed)
+        if key not in done:
+            done[key] = greedy(x, n, seed)
+        return done[key].clone()
+
+    memory_bank_module.greedy_coreset = remembered
+
+
 def offline_bank(ckpt: Checkpoint, share: float, **fields) -> RD2T:
     """The plain model with offline's bank settings (fields override), unfitted."""
     config = ckpt.config.replace(
@@ -87,7 +107,10 @@ def run(a: argparse.Namespace) -> None:
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
     size, seed = ckpt.config.image_size, ckpt.config.seed
+    remember_coresets()
     images, _ = load_training_images([Path(p) for p in ckpt.train_files], size, False)
+    # training fits the bank from its fp16 teacher-feature cache (config.cache "memory"); so does this
+    cache = FeatureCache(offline_bank(ckpt, a.share), images, "memory", None, torch.device("cpu"), 16, False)
     held_out, _ = load_training_images([Path(p) for p in ckpt.val_files], size, False)
     test, sizes, test_images, masks = test_set(a.root, a.category, size)
     choose, score_defects = halves(test, seed)
@@ -112,7 +135,7 @@ def run(a: argparse.Namespace) -> None:
     for stride in BANK_STRIDES:
         model = offline_bank(ckpt, a.share, bank_stride=stride, bank_combine="sum")
         with torch.no_grad():
-            fit_memory_bank(model, images, held_out, None, ckpt.config.batch_size)
+            fit_memory_bank(model, images, held_out, cache, ckpt.config.batch_size)
         good, terms = z_terms(model, held_out), z_terms(model, test_images[scoring])
         bad, painted_z = z_terms(model, labelled.images), z_terms(model, painted)
         for combine in COMBINES:
@@ -131,7 +154,7 @@ def run(a: argparse.Namespace) -> None:
     for variant in VARIANTS:
         model = offline_bank(ckpt, a.share)
         with torch.no_grad():
-            fit_memory_bank(model, images, held_out, None, ckpt.config.batch_size, defects=defects[variant])
+            fit_memory_bank(model, images, held_out, cache, ckpt.config.batch_size, defects=defects[variant])
             got = model(to_model_input(test_images[scoring[:4]]))[1]
         key = (model.config.bank_stride, model.config.bank_combine)
         # the variant's own model gives the candidate's maps: its figures are that candidate's
