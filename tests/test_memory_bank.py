@@ -439,18 +439,23 @@ def _labelled_copy(texture_set, dest, masks: bool):
     return dest
 
 
-def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_set, tmp_path, capfd):
-    """--val-defects (round 12): offline's bank_combine "chosen" tries both strides and both combinations on
-    the labelled images (in place of painted ones), keeps the best criterion (ties: the painted images'
-    criterion, then stride 8, then the sum), and says how many of them the stored threshold catches."""
+def _train_with_labelled(texture_set, tmp_path, capfd, masks: bool):
+    """A 1-epoch offline model with a bank trained with --val-defects: (stderr, model folder, val folder)."""
     from rd2t.cli import main
 
-    val = _labelled_copy(texture_set, tmp_path / "val", masks=True)
+    val = _labelled_copy(texture_set, tmp_path / "val", masks)
     out = tmp_path / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
     args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
     assert main(args) == 0
-    err = capfd.readouterr().err
+    return capfd.readouterr().err, out, val
+
+
+def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_set, tmp_path, capfd):
+    """--val-defects (round 12): offline's bank_combine "chosen" tries both strides and both combinations on
+    the labelled images (in place of painted ones), keeps the best criterion (ties: the stride's painted
+    criterion on the sum, then stride 8, then the sum), and says how many the stored threshold catches."""
+    err, out, val = _train_with_labelled(texture_set, tmp_path, capfd, masks=True)
     lines = [line for line in err.splitlines() if line.startswith("memory bank, stride")]
     ties = [float(re.search(r"\); on the painted images ([\d.]+)$", line)[1]) for line in lines]
     tried = {(s, c): (v, tie) for (s, c, _, v, _), tie in zip(choice_lines(err), ties, strict=True)}
@@ -471,14 +476,7 @@ def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_
 def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tmp_path, capfd):
     """Image labels only are told apart by image AUROC, which 2 held-out good images cannot give: painted
     pseudo-defects choose instead (said once), the combination stays the sum, and the report still comes."""
-    from rd2t.cli import main
-
-    val = _labelled_copy(texture_set, tmp_path / "val", masks=False)
-    out = tmp_path / "run"
-    args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
-    args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
-    assert main(args) == 0
-    err = capfd.readouterr().err
+    err, out, _ = _train_with_labelled(texture_set, tmp_path, capfd, masks=False)
     assert "labelled defects without masks are told apart by image AUROC only" in err
     assert {(c, on) for _, c, _, _, on in choice_lines(err)} == {
         ("sum", "48 pseudo-defects painted and 2 held-out good images")
