@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bank_rules import test_figures, test_set, z_terms  # benchmarks/ is on the path when a script runs
+from bank_stride_table import by_set
 
 import rd2t.model.memory_bank as memory_bank_module
 from rd2t.data.pseudo_defects import paint_pseudo_defects
@@ -173,9 +174,7 @@ def cell(f: dict) -> str:
 
 def table(paths: list[str]) -> None:
     """Per set: each variant's choices, mean figures over seeds, and (b) - (a), (c) - (a)."""
-    sets = defaultdict(list)
-    for p in sorted(paths):
-        sets[Path(p).stem.rsplit("_s", 1)[0]].append(json.loads(Path(p).read_text()))
+    sets = by_set({p: json.loads(Path(p).read_text()) for p in sorted(paths)})
     print("| set (seeds) | variant | chosen | image / pixel / AU-PRO, FA / misses | minus default |")
     print("|---|---|---|---|---|")
     for name, runs in sets.items():

@@ -26,10 +26,16 @@ def maybe_distributed_train(
     val_defects: list[Sample] | None = None,
 ) -> TrainResult | None:
     """Plain training, or DDP when launched by torchrun (WORLD_SIZE > 1); None on ranks other than 0."""
-    extra = {"held_out": held_out, "val_defects": val_defects}
-    if world_size() <= 1:
-        return train(config, images, out_dir, resume=resume, progress=progress, **extra)
-    return train_distributed(config, images, out_dir, resume=resume, progress=progress, **extra)
+    run = train if world_size() <= 1 else train_distributed
+    return run(
+        config,
+        images,
+        out_dir,
+        resume=resume,
+        progress=progress,
+        held_out=held_out,
+        val_defects=val_defects,
+    )
 
 
 def train_distributed(
