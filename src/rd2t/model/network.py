@@ -105,18 +105,29 @@ class RD2T(nn.Module):
     def term_maps(
         self, features: Features, predictions: Features, size: tuple[int, int]
     ) -> list[torch.Tensor]:
-        """The map's terms, each (B, 1, H, W) and blurred: the student's (sum over teachers and scales of
-        upsampled 1 - cosine), then, once a memory bank is fitted, the distance to its nearest patch."""
+        """The map's terms, each (B, 1, H, W) and blurred: the student's, then, once a memory bank is
+        fitted, the distance to its nearest patch."""
+        maps = [self.student_map(features, predictions, size)]
+        if self.memory_bank is not None and self.memory_bank.fitted:
+            maps.append(self.knn_map(features, self.memory_bank, self.config.bank_stride, size))
+        return maps
+
+    def student_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W), blurred: the sum over teachers and scales of upsampled 1 - cosine."""
         amap = 0.0
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
                 d = cosine_distance_map(s, t)
                 amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
-        maps = [self.blur(amap)]
-        if self.memory_bank is not None and self.memory_bank.fitted:
-            d = self.memory_bank.distance(patch_embedding(features[0], self.config.bank_stride))
-            maps.append(self.blur(F.interpolate(d, size=size, mode="bilinear", align_corners=False)))
-        return maps
+        return self.blur(amap)
+
+    def knn_map(
+        self, features: Features, bank: MemoryBank, stride: int, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, 1, H, W), blurred: each stride-`stride` patch's distance to its nearest patch in `bank`
+        (training scores several banks on the same features)."""
+        d = bank.distance(patch_embedding(features[0], stride))
+        return self.blur(F.interpolate(d, size=size, mode="bilinear", align_corners=False))
 
     def anomaly_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W): the student's map, or with a fitted memory bank both terms scaled and combined

@@ -38,7 +38,7 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
-from rd2t.model.memory_bank import MAX_CANDIDATES, combine_terms, good_peaks, patch_embedding
+from rd2t.model.memory_bank import MAX_CANDIDATES, MemoryBank, combine_terms, good_peaks, patch_embedding
 from rd2t.model.network import RD2T, Features
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -214,16 +214,28 @@ def fit_memory_bank(
     config = model.config
     strides = BANK_STRIDES if config.bank_stride == 0 else (config.bank_stride,)
 
-    def terms_of(batches: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) term maps, on the CPU
-        out = []
+    banks = {}  # stride -> its bank; every stride's coreset first, so that one pass scores them all
+    for stride in strides:
+        model.use_bank_stride(stride)
+        _fit_patches(model, images, cache, batch_size)
+        banks[stride] = model.memory_bank
+
+    def terms_of(batches: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The student's term and, per stride, the kNN term, each (N, 1, H, W) on the CPU. The teachers and
+        the student run once for all strides: they cost most of the time."""
+        size, student, knn = tuple(batches.shape[-2:]), [], {s: [] for s in strides}
         for start in range(0, len(batches), batch_size):
             feats = model.teacher_features(to_model_input(batches[start : start + batch_size].to(device)))
-            maps = model.term_maps(feats, model.reconstruct(feats), tuple(batches.shape[-2:]))
-            out.append(torch.cat(maps, 1))
-        return torch.cat(out).cpu()
+            student.append(model.student_map(feats, model.reconstruct(feats), size).cpu())
+            for s in strides:
+                knn[s].append(model.knn_map(feats, banks[s], s, size).cpu())
+        return torch.cat(student), {s: torch.cat(maps) for s, maps in knn.items()}
 
-    def zscored(terms: torch.Tensor) -> torch.Tensor:
-        return torch.cat(model.memory_bank.standardise(terms[:, :1], terms[:, 1:]), 1)
+    def at(terms: tuple[torch.Tensor, dict[int, torch.Tensor]], stride: int) -> torch.Tensor:
+        return torch.cat([terms[0], terms[1][stride]], 1)  # (N, 2, H, W), as model.term_maps gives them
+
+    def zscored(terms: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+        return torch.cat(bank.standardise(terms[:, :1], terms[:, 1:]), 1)
 
     if defects is not None and defects.masks is None and len(held_out) < FEW_CALIBRATION_IMAGES:
         print(
@@ -242,23 +254,24 @@ def fit_memory_bank(
     combines = combines or (config.bank_combine if config.bank_combine != "chosen" else "sum",)
     unit = "tiles" if tiled else "images"
     fitted = {}  # (stride, combine) -> (criteria, share, bank)
-    for stride in strides:
-        model.use_bank_stride(stride)
-        _fit_patches(model, images, cache, batch_size)
+    good_terms = terms_of(held_out)
+    painted_terms = terms_of(painted) if choose else None
+    labelled_terms = terms_of(defects.images) if choose and defects is not None else None
+    for stride, bank in banks.items():
+        good = at(good_terms, stride)
         # Pixel mean and std of each term over the held-out images (in float64: millions of pixels).
-        good = terms_of(held_out)
         mean, std = (f(good.double().transpose(0, 1).flatten(1), 1) for f in (torch.mean, torch.std))
-        model.memory_bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
+        bank.zscore.copy_(torch.stack([mean[0], std[0], mean[1], std[1]]).float())
         if config.bank_scale == "max":
             # The image score and the threshold live in each map's tail, not its pixel spread: a term with
             # high peaks on good images (the student on a varied texture) then weighs less.
-            model.memory_bank.zscore[1::2] *= good_peaks(zscored(good))
+            bank.zscore[1::2] *= good_peaks(zscored(good, bank))
         if not choose:
-            fitted[stride, combines[0]] = ((0.0,), config.bank_weight, model.memory_bank)
+            fitted[stride, combines[0]] = ((0.0,), config.bank_weight, bank)
             break
         shares = BANK_SHARES if config.bank_weight < 0 else (config.bank_weight,)
-        good_z, painted_z = zscored(good), zscored(terms_of(painted))
-        labelled_z = zscored(terms_of(defects.images)) if defects is not None else None
+        good_z, painted_z = zscored(good, bank), zscored(at(painted_terms, stride), bank)
+        labelled_z = zscored(at(labelled_terms, stride), bank) if defects is not None else None
         for combine in combines:
             if defects is None:
                 share, table, value = choose_bank_share(good_z, painted_z, paint, shares, combine)
@@ -277,7 +290,7 @@ def fit_memory_bank(
                 + (")" if len(criteria) == 1 else f"); on the painted images {criteria[1]:.4f}"),
                 file=sys.stderr,
             )
-            fitted[stride, combine] = (criteria, share, model.memory_bank)
+            fitted[stride, combine] = (criteria, share, bank)
     stride, combine = best_choice({k: v[0] for k, v in fitted.items()})
     _, share, model.memory_bank = fitted[stride, combine]
     model.config = model.config.replace(bank_stride=stride, bank_combine=combine)
