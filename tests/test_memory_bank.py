@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from rd2t.calibration import Calibration
 from rd2t.config import preset
-from rd2t.data import load_image, load_mask
+from rd2t.data import labelled_defects, load_image, load_mask
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
 from rd2t.errors import ConfigError
 from rd2t.inference.export import export_onnx
 from rd2t.inference.onnx_runtime import OnnxDetector
+from rd2t.inference.predictor import Predictor
 from rd2t.model.loading import load_model
 from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
 from rd2t.model.network import RD2T
-from rd2t.training.loop import choose_bank_share
+from rd2t.training.loop import choose_bank_share, load_labelled_defects, score_labelled_defects
 
 SIZE = 64
 
@@ -471,6 +473,32 @@ def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_
         scores, _ = model(_inputs(sorted((val / "stain").glob("*.png"))))
     caught = int((scores > ckpt.calibration.threshold).sum())
     assert f"labelled defects: {caught} of 6 above the threshold {ckpt.calibration.threshold:.4f}" in err
+    # their scores stay with the threshold, also through ONNX export, for the station's threshold page
+    want = pytest.approx(scores.tolist(), rel=1e-4, abs=1e-5)
+    assert ckpt.calibration.defect_scores == want
+    onnx = Predictor.open(export_onnx(out / "model.pt", tmp_path / "m.onnx"), backend="onnx")
+    assert onnx.calibration.defect_scores == want
+
+
+def test_labelled_defects_the_threshold_misses_are_counted_with_the_cost_of_catching_them(
+    bank_run, texture_set, tmp_path, capsys
+):
+    """Below the stored threshold some labelled defects pass: training says how many, and how many held-out
+    good images a threshold that catches them all would flag."""
+    model, ckpt, _ = bank_run
+    defects = load_labelled_defects(labelled_defects(_labelled_copy(texture_set, tmp_path, True)).test, SIZE)
+    with torch.no_grad():
+        want = np.sort(model(to_model_input(defects.images))[0].numpy())
+    threshold = float(want[2:4].mean())  # between the 3rd and 4th lowest: 3 of 6 caught
+    calibration = Calibration(threshold, scores=ckpt.calibration.scores)
+    capsys.readouterr()
+    got = score_labelled_defects(model, defects, calibration, batch_size=4)
+    assert sorted(got) == pytest.approx(want.tolist(), rel=1e-4, abs=1e-5)
+    good = np.asarray(ckpt.calibration.scores)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"labelled defects: 3 of 6 above the threshold {threshold:.4f}")
+    flagged = f"flags {int((good >= want[0]).sum())} of {len(good)} held-out good"
+    assert line.endswith(f"a threshold just below {want[0]:.4f} catches all and {flagged}")
 
 
 def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tmp_path, capfd):

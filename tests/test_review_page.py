@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the station needs the [station] extra")
@@ -30,6 +32,10 @@ except ImportError:  # a user's machine without the dev extra skips; CI must hav
         raise
     pytest.skip("browser tests need the playwright package (dev extra)", allow_module_level=True)
 
+from rd2t.data import load_image  # noqa: E402
+from rd2t.data.transforms import to_uint8_tensor  # noqa: E402
+from rd2t.inference.predictor import Predictor  # noqa: E402
+from rd2t.model.checkpoint import Checkpoint  # noqa: E402
 from tests.conftest import paint_defect, texture  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,15 +66,29 @@ def png(seed: int, defect: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def with_labelled_defects(model: Path, texture_set: Path, dest: Path) -> Path:
+    """A copy of the model as `rd2t train --val-defects` leaves it: its calibration also holds the stained
+    test images' scores (test_memory_bank checks that training records them)."""
+    shutil.copytree(model.parent, dest)
+    ckpt = Checkpoint.load(dest / model.name)
+    size = ckpt.config.image_size
+    stained = sorted((texture_set / "test/stain").glob("*.png"))
+    batch = torch.stack([to_uint8_tensor(load_image(p), size) for p in stained])
+    ckpt.calibration.defect_scores = Predictor.open(dest / model.name).score_tensors(batch)[0].tolist()
+    return ckpt.save(dest / model.name)
+
+
 @pytest.fixture(scope="module")
-def station(trained_cli_model, tmp_path_factory):
-    """`rd2t serve` with a token, in its own process; yields an API client that carries the token."""
+def station(trained_cli_model, texture_set, tmp_path_factory):
+    """`rd2t serve` with a token, in its own process, of a model trained with labelled defects; yields an API
+    client that carries the token."""
     need_chromium()
     folder = tmp_path_factory.mktemp("station")
+    model = with_labelled_defects(trained_cli_model, texture_set, folder / "model")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RD2T_TOKEN", None)
-    command = [sys.executable, "-m", "rd2t", "serve", str(trained_cli_model), "--port", str(port)]
+    command = [sys.executable, "-m", "rd2t", "serve", str(model), "--port", str(port)]
     command += ["--images", str(folder / "images"), "--threads", "1", "--workers", "1", "--token", TOKEN]
     log = open(folder / "serve.log", "wb")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -214,19 +234,24 @@ def test_review_path(station, browser, screenshots):
     sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent) - 2))
 
     # The threshold page: both reviews are in the chart; the slider changes the rates.
+    # The labelled defects given at training have their own row and rate.
     page.goto(base + "/threshold")
-    val = station.get("/v1/threshold/analysis").json()["validation_good"]
+    analysis = station.get("/v1/threshold/analysis").json()
+    val, labelled = analysis["validation_good"], analysis["labelled_defect"]
     n = len(val)
-    assert n >= 1
+    assert n >= 1 and len(labelled) == 6
+    sync_api.expect(page.locator("#hist")).to_contain_text("Labelled defects given at training: 6")
     sync_api.expect(page.locator("#rate-revgood")).to_have_text("1 of 1 (100.0 %)")  # above the threshold
     slider = page.locator("#slider")
     slider.focus()
     page.keyboard.press("Home")  # lowest value: every good image would be flagged
     sync_api.expect(page.locator("#rate-val")).to_have_text(f"{n} of {n} (100.0 %)")
     sync_api.expect(page.locator("#rate-miss")).to_have_text("0 of 1 (0 %)")
-    page.keyboard.press("End")  # highest: none would, and the confirmed defect would pass
+    sync_api.expect(page.locator("#rate-labelled")).to_have_text("0 of 6 (0 %)")
+    page.keyboard.press("End")  # highest: none would, and every defect would pass
     sync_api.expect(page.locator("#rate-val")).to_have_text(f"0 of {n} (0 %)")
     sync_api.expect(page.locator("#rate-miss")).to_have_text("1 of 1 (100.0 %)")
+    sync_api.expect(page.locator("#rate-labelled")).to_have_text("6 of 6 (100.0 %)")
 
     # Type a value between the false alarm and the confirmed defect; apply it, with who and why.
     new_value = float(f"{(flagged['score'] + confirmed['score']) / 2:.4g}")
@@ -253,6 +278,8 @@ def test_review_path(station, browser, screenshots):
     # The model page, and the reviewed-good images as new training images.
     page.goto(base + "/model")
     sync_api.expect(page.locator("h1")).to_have_text("Loaded model")
+    caught = sum(v > station.get("/v1/threshold").json()["calibrated"] for v in labelled)
+    sync_api.expect(page.locator("#labelled-defects")).to_contain_text(f"{caught} of 6 above the calibrated")
     with page.expect_download() as download:
         page.click("#export")
     with zipfile.ZipFile(download.value.path()) as zf:

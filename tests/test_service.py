@@ -332,6 +332,7 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
     analysis = client.get("/v1/threshold/analysis").json()
     assert rec["score"] in analysis["reviewed_good"]
     assert analysis["validation_good"] == Predictor.open(trained_cli_model).calibration.scores
+    assert analysis["labelled_defect"] == []  # trained without --val-defects (test_review_page has some)
 
     new = rec["score"] + 1.0  # above this image's score: the same image now passes
     state = client.post("/v1/threshold", json={"value": new, "by": "qa", "note": "after review"}).json()

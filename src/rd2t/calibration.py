@@ -88,6 +88,9 @@ class Calibration:
     source: str = ""  # "validation", or what else the scores came from
     scores: list[float] = field(default_factory=list)  # defect-free validation scores
     map_range: tuple[float, float] | None = None  # heat-map colour scale (low, high)
+    # scores of the user's labelled defective images given at training (--val-defects): what the threshold
+    # should catch; they never set it, the review page shows them beside the good ones
+    defect_scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -131,4 +134,5 @@ class Calibration:
             d.get("source") or "",
             list(d.get("scores") or []),
             tuple(d["map_range"]) if d.get("map_range") else None,
+            list(d.get("defect_scores") or []),
         )

@@ -311,6 +311,7 @@ def threshold_analysis(request: Request):
         "validation_good": list(cal.scores) if cal else [],
         "reviewed_good": st.reviewed_scores(db.REVIEWED_GOOD),
         "reviewed_defect": st.reviewed_scores(db.REVIEWED_DEFECT),
+        "labelled_defect": list(cal.defect_scores) if cal else [],  # given at training (--val-defects)
     }
 
 

@@ -166,11 +166,11 @@ def calibrate(
     )
 
 
-def report_labelled_defects(
+def score_labelled_defects(
     model: RD2T, defects: LabelledDefects, calibration: Calibration, batch_size: int
-) -> int:
-    """Say how many of the labelled defects the stored threshold catches (what a line would miss);
-    returns that count."""
+) -> list[float]:
+    """The labelled defects' scores. Says how many the stored threshold catches (what a line would miss) and
+    what catching them all would cost on the held-out good images; the threshold itself stays theirs."""
     predictor = Predictor.from_model(model)
     scores = np.concatenate(
         [
@@ -178,13 +178,16 @@ def report_labelled_defects(
             for i in range(0, len(defects.images), batch_size)
         ]
     )
-    caught = int((scores > calibration.threshold).sum())
-    print(
+    caught, lowest = int((scores > calibration.threshold).sum()), float(np.min(scores))
+    line = (
         f"labelled defects: {caught} of {len(scores)} above the threshold {calibration.threshold:.4f} "
-        f"(their scores {np.min(scores):.4f} to {np.max(scores):.4f})",
-        file=sys.stderr,
+        f"(their scores {lowest:.4f} to {np.max(scores):.4f})"
     )
-    return caught
+    if caught < len(scores) and calibration.scores:
+        flagged, n = calibration.false_alarm_rate(np.nextafter(lowest, -np.inf))
+        line += f"; a threshold just below {lowest:.4f} catches all and flags {flagged} of {n} held-out good"
+    print(line, file=sys.stderr)
+    return scores.tolist()
 
 
 # ---- memory bank (config.memory_bank > 0) -------------------------------------------------------------
@@ -666,8 +669,8 @@ def train(
                 model, images, bank_held_out, cache, config.batch_size, tiler is not None, defects
             )
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
-        if defects is not None:
-            report_labelled_defects(model, defects, calibration, config.batch_size)
+        if defects is not None:  # kept with the threshold: the review page draws them beside the good ones
+            calibration.defect_scores = score_labelled_defects(model, defects, calibration, config.batch_size)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )

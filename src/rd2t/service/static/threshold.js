@@ -8,11 +8,13 @@ const SERIES = [
   { key: "validation_good", label: "Good validation images", colour: "var(--valgood)" },
   { key: "reviewed_good", label: "Reviewed good here (false alarms, confirmed good)", colour: "var(--revgood)" },
   { key: "reviewed_defect", label: "Confirmed defects here", colour: "var(--revdefect)" },
-];
+  // the defects given at training (--val-defects), drawn only for a model that has them
+  { key: "labelled_defect", label: "Labelled defects given at training", colour: "var(--labelled)" },
+].filter((s) => s.key !== "labelled_defect" || (data.labelled_defect || []).length);
 let current = data.current;
 
 // The score range shown: every score and the threshold, with a margin on both sides.
-const all = [current, ...data.validation_good, ...data.reviewed_good, ...data.reviewed_defect];
+const all = [current, ...SERIES.flatMap((s) => data[s.key])];
 let lo = Math.min(...all), hi = Math.max(...all);
 const pad = (hi - lo) * 0.1 || Math.abs(hi) * 0.5 || 1;
 lo = Math.max(0, lo - pad);
@@ -103,6 +105,11 @@ function setTrial(t, typed) {
     "parts reviewed good here would be flagged", "no parts reviewed good yet");
   rate(id("rate-miss"), id("rate-miss-sub"), bad.filter((v) => v <= t).length, bad.length,
     "confirmed defects would pass", "no confirmed defects yet");
+  const labelled = data.labelled_defect || [];
+  if (id("rate-labelled")) {
+    rate(id("rate-labelled"), id("rate-labelled-sub"), labelled.filter((v) => v <= t).length, labelled.length,
+      "labelled defects given at training would pass", "");
+  }
   id("apply-value").textContent = typed ? valueBox.value : fmtScore(t);
   draw(t);
 }
