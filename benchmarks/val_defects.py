@@ -130,6 +130,7 @@ def run(a: argparse.Namespace) -> None:
         "n_score_defects": len(score_defects),
         "n_score_good": len(scoring) - len(score_defects),
         "choose_files": [str(test[i].path) for i in choose],
+        "scoring_labels": [test[i].label for i in scoring],
         "candidates": {},
     }
     maps = {}  # (stride, combine) -> scoring-set maps
@@ -150,7 +151,12 @@ def run(a: argparse.Namespace) -> None:
             pick = (lambda t: t.sum(1)) if combine == "sum" else (lambda t: t.amax(1))
             maps[stride, combine] = pick(terms)
             figures = test_figures(pick(terms), pick(good), *sub)
-            out["candidates"][name] = {"criterion": crit, **figures}
+            # image scores, for threshold rules studied later: held-out good, choosing half, scoring set
+            scores = {
+                k: pick(v).flatten(1).amax(1).tolist()
+                for k, v in (("held_out", good), ("choose", bad), ("scoring", terms))
+            }
+            out["candidates"][name] = {"criterion": crit, **figures, "scores": scores}
             print(f"{name}: criteria {crit}, " + " / ".join(f"{figures[k]:.4f}" for k in FIGURES), flush=True)
     for variant in VARIANTS:
         model = offline_bank(ckpt, a.share)
