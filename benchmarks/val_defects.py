@@ -37,6 +37,7 @@ from bank_rules import test_figures, test_set, z_terms  # benchmarks/ is on the 
 from bank_stride_table import by_set
 
 import rd2t.model.memory_bank as memory_bank_module
+from rd2t.calibration import threshold_from_scores
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input
 from rd2t.model.checkpoint import Checkpoint
@@ -194,6 +195,47 @@ def table(paths: list[str]) -> None:
             print(f"| {name} ({len(runs)}) | {variant} | {chosen} | {cell(mean)} | {diff} |")
 
 
+def youden(good: np.ndarray, defects: np.ndarray, floor: float = -np.inf) -> float:
+    """The threshold (a midpoint of the sorted scores, >= floor) maximising the share of `defects` above it
+    minus the share of `good` above it; ties go to the highest."""
+    values = np.unique(np.concatenate([good, defects]))
+    candidates = [t for t in (values[:-1] + values[1:]) / 2 if t >= floor] or [max(floor, values[-1])]
+    gain = [(defects > t).mean() - (good > t).mean() for t in candidates]
+    best = max(gain)
+    return max(t for t, g in zip(candidates, gain, strict=True) if g == best)
+
+
+def label_thresholds(paths: list[str]) -> None:
+    """The addendum's rules (docs/measured/round12/threshold_rules_written_before.txt) on the labelled
+    variant's chosen candidate: false alarms / misses on the scoring set, per result file that has scores."""
+    print("| result | chosen | stored mean+3std | mean+2std | youden | youden_cap2 | catch90 |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(paths):
+        r = json.loads(Path(path).read_text())
+        name = r["labelled"]["chosen"]
+        scores = r["candidates"][name].get("scores")
+        if scores is None:
+            print(f"| {Path(path).stem} | {name} | (no scores recorded) | | | | |")
+            continue
+        good, bad = np.array(scores["held_out"]), np.array(scores["choose"])
+        test, labels = np.array(scores["scoring"]), np.array(r["scoring_labels"], dtype=bool)
+        rules = {
+            "mean+3std": threshold_from_scores(good, "mean+3std"),
+            "mean+2std": threshold_from_scores(good, "mean+2std"),
+            "youden": youden(good, bad),
+            "youden_cap2": youden(good, bad, float(np.quantile(good, 0.98))),
+            "catch90": float(np.nextafter(np.quantile(bad, 0.1), -np.inf)),
+        }
+        counts = [(int((test[~labels] > t).sum()), int((test[labels] <= t).sum())) for t in rules.values()]
+        assert counts[0] == (r["labelled"]["false_alarms"], r["labelled"]["misses"])  # the stored rule's
+        cells = [f"{fa} / {miss}" for fa, miss in counts]
+        print(
+            f"| {Path(path).stem} ({(~labels).sum()} good, {labels.sum()} defective) | {name} | "
+            + " | ".join(cells)
+            + " |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="a trained plain checkpoint (no bank needed)")
@@ -202,9 +244,12 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.01, help="config.memory_bank (offline's)")
     ap.add_argument("--json")
     ap.add_argument("--table", nargs="+", help="print the tables of these result files instead")
+    ap.add_argument("--thresholds", nargs="+", help="print the addendum's threshold rules for these files")
     a = ap.parse_args()
     if a.table:
         table(a.table)
+    elif a.thresholds:
+        label_thresholds(a.thresholds)
     else:
         run(a)
 
