@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rd2t.calibration import Calibration
 from rd2t.config import preset
@@ -19,6 +20,7 @@ from rd2t.model.loading import load_model
 from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
 from rd2t.model.network import RD2T
 from rd2t.training.loop import choose_bank_share, load_labelled_defects, score_labelled_defects
+from tests.conftest import paint_defect, texture
 
 SIZE = 64
 
@@ -244,7 +246,7 @@ def test_bank_saved_before_weights_existed_loads_as_the_plain_sum(bank_run):
 
 CHOICE = re.compile(
     r"memory bank, stride (\d+), (sum|max): kNN share ([\d.]+) of the map, criterion ([\d.]+), "
-    r"on (.+ held-out good images) \("
+    r"on (.+ held-out good (?:images|tiles)) \("
 )
 
 
@@ -514,13 +516,41 @@ def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tm
     assert re.search(r"labelled defects: \d of 6 above the threshold", err)
 
 
-def test_labelled_defects_are_refused_for_tiled_models_before_training(texture_set, tmp_path, capfd):
+def test_tiled_models_choose_on_the_labelled_tiles_that_hold_defects(texture_set, tmp_path, capfd):
+    """A tiled model chooses on the tiles of the labelled images that hold defect pixels (the others are good
+    regions of a defective part) and records the whole images' tiled scores; image labels alone cannot say
+    which tiles those are, so they are refused in one line before training."""
     from rd2t.cli import main
+    from rd2t.inference.tiling import starts
 
-    val = _labelled_copy(texture_set, tmp_path / "val", masks=True)
     args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1", "--tile", "64"]
-    args += ["--device", "cpu", "--val-defects", str(val)]
-    assert main(args) != 0
+    args += ["--stride", "48", "--batch-size", "8", "--device", "cpu", "--val-fraction", "0.2"]
+    unmasked = _labelled_copy(texture_set, tmp_path / "unmasked", masks=False)
+    assert main([*args, "--val-defects", str(unmasked)]) != 0
     err = capfd.readouterr().err.strip().splitlines()
-    assert err[-1] == "error: --val-defects: tiled models (--tile) do not use labelled defects yet"
+    assert err[-1] == (
+        "error: --val-defects: a tiled model (--tile) needs the defects' masks (ground_truth/) to tell which "
+        "tiles hold them"
+    )
     assert not (tmp_path / "run" / "last.pt").exists()
+
+    # labelled parts twice the training images' size: 16 tiles each, a few of which hold the stain
+    val, rng, holding = tmp_path / "val", np.random.default_rng(5), 0
+    grid = [(y, x) for y in starts(192, 64, 48) for x in starts(192, 64, 48)]
+    for sub in ("stain", "ground_truth/stain"):
+        (val / sub).mkdir(parents=True)
+    for i in range(4):
+        bad, mask = paint_defect(texture(rng, 192), rng)
+        Image.fromarray(bad).save(val / f"stain/{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(val / f"ground_truth/stain/{i}_mask.png")
+        holding += sum(bool(mask[y : y + 64, x : x + 64].any()) for y, x in grid)
+    assert 4 <= holding < 4 * len(grid)
+    assert main([*args, "--memory-bank", "0.05", "--val-defects", str(val)]) == 0
+    err = capfd.readouterr().err
+    lines = choice_lines(err)
+    assert sorted((s, c) for s, c, *_ in lines) == [(4, "max"), (4, "sum"), (8, "max"), (8, "sum")]
+    assert all(on == f"{holding} labelled defect tiles and 20 held-out good tiles" for *_, on in lines)
+    model, ckpt = load_model(tmp_path / "run/model.pt")
+    assert f"memory bank: stride {model.config.bank_stride}, {model.config.bank_combine} chosen" in err
+    whole = [p.score for p in Predictor.from_model(model).predict(sorted((val / "stain").glob("*.png")))]
+    assert ckpt.calibration.defect_scores == pytest.approx(whole, rel=1e-4, abs=1e-5)

@@ -71,10 +71,12 @@ def load_training_images(
 
 @dataclass
 class LabelledDefects:
-    """The user's own defective images (`--val-defects`), resized as the model sees them."""
+    """The user's own defective images (`--val-defects`) as the model sees them: resized, or for a tiled model
+    the tiles that hold defect pixels."""
 
     images: torch.Tensor  # (N, 3, S, S) uint8
     masks: torch.Tensor | None  # (N, S, S) bool, None when the folder has image labels only
+    paths: list[Path] = field(default_factory=list)  # the files read (a tiled model scores them whole)
 
 
 def load_labelled_defects(samples: list[Sample], size: int) -> LabelledDefects | None:
@@ -83,7 +85,7 @@ def load_labelled_defects(samples: list[Sample], size: int) -> LabelledDefects |
     from rd2t.data import load_image, load_mask
     from rd2t.data.images import resize_mask
 
-    images, masks = [], []
+    images, masks, paths = [], [], []
     for sample in samples:
         try:
             image = load_image(sample.path)
@@ -93,12 +95,44 @@ def load_labelled_defects(samples: list[Sample], size: int) -> LabelledDefects |
                 mask = torch.from_numpy(resize_mask(mask, (size, size)))
             images.append(to_uint8_tensor(image, size))
             masks += [] if mask is None else [mask]
+            paths.append(Path(sample.path))
         except InputError as e:
             print(f"skipped: {e}", file=sys.stderr)
     if not images:
         print(f"warning: none of the {len(samples)} labelled defect image(s) could be read", file=sys.stderr)
         return None
-    return LabelledDefects(torch.stack(images), torch.stack(masks) if masks else None)
+    return LabelledDefects(torch.stack(images), torch.stack(masks) if masks else None, paths)
+
+
+def load_labelled_tiles(samples: list[Sample], tiler: Tiler) -> LabelledDefects | None:
+    """Tiled models: the tiles of each labelled image (with its mask, which the caller has checked) that
+    hold defect pixels, and their mask crops. The other tiles are good regions of a defective part, neither
+    defect nor held-out good. An unreadable image is reported and skipped; None when no tile holds one."""
+    from rd2t.data import load_image, load_mask
+    from rd2t.data.images import resize_mask
+
+    tiles, masks, paths = [], [], []
+    for sample in samples:
+        try:
+            image = load_image(sample.path)
+            mask = load_mask(sample.mask_path, image.size, image_path=sample.path)
+        except InputError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        scaled = tiler.prepare(image)
+        mask = torch.from_numpy(resize_mask(mask, tuple(scaled.shape[:0:-1])))  # (W', H') as the image
+        mask = tiler.pad(mask[None].to(torch.uint8))[0].bool()  # an image under one tile is padded alike
+        t = tiler.tile
+        for positions, batch in tiler.tiles(scaled, 256):
+            for (y, x), tile in zip(positions, batch, strict=True):
+                if mask[y : y + t, x : x + t].any():
+                    tiles.append(tile)
+                    masks.append(mask[y : y + t, x : x + t])
+        paths.append(Path(sample.path))
+    if not tiles:
+        print(f"warning: no tile of the {len(samples)} labelled image(s) holds a defect", file=sys.stderr)
+        return None
+    return LabelledDefects(torch.stack(tiles), torch.stack(masks), paths)
 
 
 def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -167,17 +201,22 @@ def calibrate(
 
 
 def score_labelled_defects(
-    model: RD2T, defects: LabelledDefects, calibration: Calibration, batch_size: int
+    model: RD2T, defects: LabelledDefects, calibration: Calibration, batch_size: int, tiled: bool = False
 ) -> list[float]:
-    """The labelled defects' scores. Says how many the stored threshold catches (what a line would miss) and
-    what catching them all would cost on the held-out good images; the threshold itself stays theirs."""
+    """The labelled defects' scores, whole images (tiled models: tiled, as `rd2t predict` scores them). Says
+    how many the stored threshold catches (what a line would miss) and what catching them all would cost on
+    the held-out good images; the threshold itself stays theirs."""
     predictor = Predictor.from_model(model)
-    scores = np.concatenate(
-        [
-            predictor.score_tensors(defects.images[i : i + batch_size])[0]
-            for i in range(0, len(defects.images), batch_size)
-        ]
-    )
+    if tiled:
+        found = predictor.predict(defects.paths, batch_size=batch_size)
+        scores = np.array([p.score for p in found if not isinstance(p, RD2TError)], np.float32)
+    else:
+        scores = np.concatenate(
+            [
+                predictor.score_tensors(defects.images[i : i + batch_size])[0]
+                for i in range(0, len(defects.images), batch_size)
+            ]
+        )
     caught, lowest = int((scores > calibration.threshold).sum()), float(np.min(scores))
     line = (
         f"labelled defects: {caught} of {len(scores)} above the threshold {calibration.threshold:.4f} "
@@ -284,7 +323,8 @@ def fit_memory_bank(
                 # the stride's painted criterion on the sum, as without labelled defects: painted images
                 # do not tell the sum from the maximum (rounds 10-11)
                 tie = choose_bank_share(good_z, painted_z, paint, (share,))[2]
-                criteria, on = (value, tie), f"{len(defects.images)} labelled defects"
+                what = "labelled defect tiles" if tiled else "labelled defects"
+                criteria, on = (value, tie), f"{len(defects.images)} {what}"
             print(
                 f"memory bank, stride {stride}, {combine}: kNN share {share:.1f} of the map, criterion "
                 f"{value:.4f}, on {on} and {len(good)} held-out good {unit} (image AUROC / pixel AUROC / "
@@ -556,8 +596,11 @@ def train(
         optimizer.load_state_dict(state.optimizer)
 
     tiler = Tiler.of(config)
-    if val_defects and tiler is not None:
-        raise ConfigError("--val-defects: tiled models (--tile) do not use labelled defects yet")
+    if val_defects and tiler is not None and val_defects[0].mask_path is None:  # masks: all or none
+        raise ConfigError(
+            "--val-defects: a tiled model (--tile) needs the defects' masks (ground_truth/) to tell which "
+            "tiles hold them"
+        )
     if tiler is not None:  # training rows are tiles; calibration scores whole images, tiled, from their files
         images, train_paths = load_training_tiles(train_paths, tiler, progress, "training")
     else:
@@ -662,7 +705,13 @@ def train(
     if rank == 0:
         source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
-        defects = load_labelled_defects(val_defects, config.image_size) if val_defects else None
+        defects = None
+        if val_defects:
+            defects = (
+                load_labelled_defects(val_defects, config.image_size)
+                if tiler is None
+                else load_labelled_tiles(val_defects, tiler)
+            )
         if model.memory_bank is not None:  # tiled: bank, z-scores and share are per tile, as the model scores
             bank_held_out = held_out if tiler is None else load_training_tiles(held_out, tiler, False)[0]
             fit_memory_bank(
@@ -670,7 +719,9 @@ def train(
             )
         calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
         if defects is not None:  # kept with the threshold: the review page draws them beside the good ones
-            calibration.defect_scores = score_labelled_defects(model, defects, calibration, config.batch_size)
+            calibration.defect_scores = score_labelled_defects(
+                model, defects, calibration, config.batch_size, tiler is not None
+            )
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )
