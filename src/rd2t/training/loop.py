@@ -125,9 +125,10 @@ def load_labelled_tiles(samples: list[Sample], tiler: Tiler) -> LabelledDefects 
         t = tiler.tile
         for positions, batch in tiler.tiles(scaled, 256):
             for (y, x), tile in zip(positions, batch, strict=True):
-                if mask[y : y + t, x : x + t].any():
+                crop = mask[y : y + t, x : x + t]
+                if crop.any():
                     tiles.append(tile)
-                    masks.append(mask[y : y + t, x : x + t])
+                    masks.append(crop)
         paths.append(Path(sample.path))
     if not tiles:
         print(f"warning: no tile of the {len(samples)} labelled image(s) holds a defect", file=sys.stderr)
@@ -158,12 +159,11 @@ def calibrate_threshold(scores: np.ndarray, rule: str) -> float:
     return threshold_from_scores(scores, rule)
 
 
-def calibrate(
-    model: RD2T, images: torch.Tensor | list[Path], rule: str, source: str, batch_size: int = 16
-) -> Calibration:
-    """Score held-out good images through the inference path and derive the threshold and colour scale.
-
-    `images`: resized uint8 images, or (tiled models) image paths, scored tiled as `rd2t predict` would."""
+def score_images(
+    model: RD2T, images: torch.Tensor | list[Path], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's score and map median, through the inference path. `images`: resized uint8 images, or
+    (tiled models) image paths, scored whole and tiled as `rd2t predict` would; unreadable ones skipped."""
     predictor = Predictor.from_model(model)
     scores, medians = [], []
     if isinstance(images, list):
@@ -178,7 +178,16 @@ def calibrate(
             sc, maps = predictor.score_tensors(images[start : start + batch_size])
             scores.append(sc)
             medians.append(np.median(maps.reshape(len(maps), -1), axis=1))
-    scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0)
+    return np.concatenate(scores), np.concatenate(medians)
+
+
+def calibrate(
+    model: RD2T, images: torch.Tensor | list[Path], rule: str, source: str, batch_size: int = 16
+) -> Calibration:
+    """Score held-out good images (as `score_images` takes them) and derive the threshold and colour scale."""
+    scores, medians = score_images(model, images, batch_size)
     if not len(scores) or not np.isfinite(scores).all():
         raise RD2TError(
             "calibration: the trained model gives non-finite scores on the held-out good images "
@@ -196,7 +205,7 @@ def calibrate(
         rule,
         source,
         scores.tolist(),
-        map_range_from(float(np.median(np.concatenate(medians))), threshold),
+        map_range_from(float(np.median(medians)), threshold),
     )
 
 
@@ -206,17 +215,7 @@ def score_labelled_defects(
     """The labelled defects' scores, whole images (tiled models: tiled, as `rd2t predict` scores them). Says
     how many the stored threshold catches (what a line would miss) and what catching them all would cost on
     the held-out good images; the threshold itself stays theirs."""
-    predictor = Predictor.from_model(model)
-    if tiled:
-        found = predictor.predict(defects.paths, batch_size=batch_size)
-        scores = np.array([p.score for p in found if not isinstance(p, RD2TError)], np.float32)
-    else:
-        scores = np.concatenate(
-            [
-                predictor.score_tensors(defects.images[i : i + batch_size])[0]
-                for i in range(0, len(defects.images), batch_size)
-            ]
-        )
+    scores = score_images(model, defects.paths if tiled else defects.images, batch_size)[0]
     caught, lowest = int((scores > calibration.threshold).sum()), float(np.min(scores))
     line = (
         f"labelled defects: {caught} of {len(scores)} above the threshold {calibration.threshold:.4f} "
