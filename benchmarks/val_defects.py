@@ -37,7 +37,7 @@ from bank_rules import test_figures, test_set, z_terms  # benchmarks/ is on the 
 from bank_stride_table import by_set
 
 import rd2t.model.memory_bank as memory_bank_module
-from rd2t.calibration import threshold_from_scores
+from rd2t.calibration import threshold_from_scores, youden
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input
 from rd2t.model.checkpoint import Checkpoint
@@ -193,16 +193,6 @@ def table(paths: list[str]) -> None:
             diff = " / ".join(f"{100 * (mean[k] - base[k]):+.2f}" for k in FIGURES)
             chosen = ", ".join(r[variant]["chosen"] for r in runs)
             print(f"| {name} ({len(runs)}) | {variant} | {chosen} | {cell(mean)} | {diff} |")
-
-
-def youden(good: np.ndarray, defects: np.ndarray, floor: float = -np.inf) -> float:
-    """The threshold (a midpoint of the sorted scores, >= floor) maximising the share of `defects` above it
-    minus the share of `good` above it; ties go to the highest."""
-    values = np.unique(np.concatenate([good, defects]))
-    candidates = [t for t in (values[:-1] + values[1:]) / 2 if t >= floor] or [max(floor, values[-1])]
-    gain = [(defects > t).mean() - (good > t).mean() for t in candidates]
-    best = max(gain)
-    return max(t for t, g in zip(candidates, gain, strict=True) if g == best)
 
 
 def label_thresholds(paths: list[str]) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rd2t.api import Detector
 from rd2t.calibration import Calibration
 from rd2t.config import preset
 from rd2t.data import labelled_defects, load_image, load_mask
@@ -19,7 +20,12 @@ from rd2t.inference.predictor import Predictor
 from rd2t.model.loading import load_model
 from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
 from rd2t.model.network import RD2T
-from rd2t.training.loop import choose_bank_share, load_labelled_defects, score_labelled_defects
+from rd2t.training.loop import (
+    choose_bank_share,
+    load_labelled_defects,
+    report_labelled_defects,
+    score_labelled_defects,
+)
 from tests.conftest import paint_defect, texture
 
 SIZE = 64
@@ -443,7 +449,7 @@ def _labelled_copy(texture_set, dest, masks: bool):
     return dest
 
 
-def _train_with_labelled(texture_set, tmp_path, capfd, masks: bool):
+def _train_with_labelled(texture_set, tmp_path, capfd, masks: bool, *extra: str):
     """A 1-epoch offline model with a bank trained with --val-defects: (stderr, model folder, val folder)."""
     from rd2t.cli import main
 
@@ -451,15 +457,16 @@ def _train_with_labelled(texture_set, tmp_path, capfd, masks: bool):
     out = tmp_path / "run"
     args = ["train", str(texture_set), "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
     args += ["--batch-size", "4", "--device", "cpu", "--memory-bank", "0.05", "--val-defects", str(val)]
-    assert main(args) == 0
+    assert main([*args, *extra]) == 0
     return capfd.readouterr().err, out, val
 
 
 def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_set, tmp_path, capfd):
     """--val-defects (round 12): offline's bank_combine "chosen" tries both strides and both combinations on
     the labelled images (in place of painted ones), keeps the best criterion (ties: the stride's painted
-    criterion on the sum, then stride 8, then the sum), and says how many the stored threshold catches."""
-    err, out, val = _train_with_labelled(texture_set, tmp_path, capfd, masks=True)
+    criterion on the sum, then stride 8, then the sum), and says how many the stored threshold catches, which
+    `--threshold-rule youden` places where caught minus flagged shares peak."""
+    err, out, val = _train_with_labelled(texture_set, tmp_path, capfd, True, "--threshold-rule", "youden")
     lines = [line for line in err.splitlines() if line.startswith("memory bank, stride")]
     ties = [float(re.search(r"\); on the painted images ([\d.]+)$", line)[1]) for line in lines]
     tried = {(s, c): (v, tie) for (s, c, _, v, _), tie in zip(choice_lines(err), ties, strict=True)}
@@ -473,8 +480,17 @@ def test_labelled_defects_choose_stride_and_sum_or_max_and_are_reported(texture_
     # the report counts what the saved model flags among the labelled images
     with torch.no_grad():
         scores, _ = model(_inputs(sorted((val / "stain").glob("*.png"))))
-    caught = int((scores > ckpt.calibration.threshold).sum())
-    assert f"labelled defects: {caught} of 6 above the threshold {ckpt.calibration.threshold:.4f}" in err
+    threshold = ckpt.calibration.threshold
+    caught = int((scores > threshold).sum())
+    assert f"labelled defects: {caught} of 6 above the threshold {threshold:.4f} (youden;" in err
+    # youden: no threshold tells the labelled defects from the held-out good images better
+    good, bad = np.asarray(ckpt.calibration.scores), scores.numpy()
+    every = np.concatenate([good, bad, good - 1e-6, bad - 1e-6])
+    j = [(bad > t).mean() - (good > t).mean() for t in [threshold, *every]]
+    assert ckpt.calibration.rule == "youden" and j[0] == max(j) and j[0] > 0
+    # `rd2t evaluate` shows the stored rule's trade on the test set at the stored threshold
+    trade = {r["rule"]: r for r in Detector.load(out / "model.pt").evaluate(texture_set, report=False).trade}
+    assert trade["youden"]["stored"] and trade["youden"]["threshold"] == pytest.approx(threshold)
     # their scores stay with the threshold, also through ONNX export, for the station's threshold page
     want = pytest.approx(scores.tolist(), rel=1e-4, abs=1e-5)
     assert ckpt.calibration.defect_scores == want
@@ -492,10 +508,11 @@ def test_labelled_defects_the_threshold_misses_are_counted_with_the_cost_of_catc
     with torch.no_grad():
         want = np.sort(model(to_model_input(defects.images))[0].numpy())
     threshold = float(want[2:4].mean())  # between the 3rd and 4th lowest: 3 of 6 caught
-    calibration = Calibration(threshold, scores=ckpt.calibration.scores)
-    capsys.readouterr()
-    got = score_labelled_defects(model, defects, calibration, batch_size=4)
+    got = score_labelled_defects(model, defects, batch_size=4)
     assert sorted(got) == pytest.approx(want.tolist(), rel=1e-4, abs=1e-5)
+    calibration = Calibration(threshold, "mean+3std", scores=ckpt.calibration.scores, defect_scores=got)
+    capsys.readouterr()
+    report_labelled_defects(calibration)
     good = np.asarray(ckpt.calibration.scores)
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"labelled defects: 3 of 6 above the threshold {threshold:.4f}")
@@ -514,6 +531,18 @@ def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tm
     model, _ = load_model(out / "model.pt")
     assert model.config.bank_combine == "sum"
     assert re.search(r"labelled defects: \d of 6 above the threshold", err)
+
+
+def test_youden_without_labelled_defects_is_refused_before_training(texture_set, tmp_path, capfd):
+    from rd2t.cli import main
+
+    args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main([*args, "--image-size", str(SIZE), "--device", "cpu", "--threshold-rule", "youden"]) != 0
+    assert capfd.readouterr().err.strip().splitlines()[-1] == (
+        "error: --threshold-rule youden: places the threshold between the held-out good images and labelled "
+        "defective ones; give them with --val-defects DIR"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_tiled_models_choose_on_the_labelled_tiles_that_hold_defects(texture_set, tmp_path, capfd):

@@ -8,7 +8,7 @@ from PIL import Image
 from rd2t.config import preset
 from rd2t.data import list_images
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
-from rd2t.errors import CheckpointError
+from rd2t.errors import CheckpointError, ConfigError
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import load_model
 from rd2t.training.loop import calibrate_threshold, split_validation, train
@@ -178,6 +178,12 @@ def test_threshold_rules_and_validation_split():
     assert calibrate_threshold(scores, "max") == 4.0
     assert calibrate_threshold(scores, "quantile:0.5") == 2.5
     assert calibrate_threshold(scores, "mean+3std") == pytest.approx(2.5 + 3 * np.std(scores, ddof=1))
+    # youden: between the good scores and the labelled defects', where caught minus flagged shares peak
+    assert calibrate_threshold(scores, "youden", [3.5, 5.0, 6.0]) == 3.25  # all caught, 1/4 flagged: 3/4
+    assert calibrate_threshold(scores, "youden", [5.0, 6.0]) == 4.5  # all caught, none flagged
+    assert calibrate_threshold([1.0, 4.0], "youden", [2.0, 5.0]) == 4.5  # ties 1.5 and 4.5: fewer alarms
+    with pytest.raises(ConfigError, match="youden' needs labelled defective images"):
+        calibrate_threshold(scores, "youden")
     paths = [f"{i}.png" for i in range(20)]
     train_p, val_p = split_validation(paths, 0.1, seed=0)
     assert len(val_p) == 2 and not set(train_p) & set(val_p)

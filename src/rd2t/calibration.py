@@ -1,8 +1,9 @@
 """The pass/fail threshold and what it was made from, as one typed record.
 
-A threshold comes from defect-free validation images only (never from test anomalies): a rule applied
-to their scores. The same record also fixes the heat-map colour scale, so every overlay, report and the
-review page colour the same map the same way. It is written and read by `rd2t.model.checkpoint` for both
+A threshold comes from defect-free validation images (never from test anomalies): a rule applied to
+their scores; `youden` also uses the few labelled defective images the user gives at training
+(`--val-defects`). The same record also fixes the heat-map colour scale, so every overlay, report and
+the review page colour the same map the same way. It is written and read by `rd2t.model.checkpoint` for both
 `.pt` checkpoints and ONNX metadata.
 """
 
@@ -15,17 +16,17 @@ import numpy as np
 
 from rd2t.errors import ConfigError
 
-RULES_HELP = "mean+Kstd (e.g. mean+3std), quantile:Q with 0 < Q <= 1, or max"
+RULES_HELP = "mean+Kstd (e.g. mean+3std), quantile:Q with 0 < Q <= 1, max, or youden (needs --val-defects)"
 # The threshold sits at 3/4 of the colour scale: above it yellow to red, below it blue to green, faint.
 THRESHOLD_POSITION = 0.75
 
 
 def parse_rule(rule: str) -> tuple[str, float]:
-    """("mean+std", K) | ("quantile", Q) | ("max", 0); ConfigError naming the rule otherwise."""
+    """("mean+std", K) | ("quantile", Q) | ("max" or "youden", 0); ConfigError naming the rule otherwise."""
     rule = str(rule).strip()
     try:
-        if rule == "max":
-            return "max", 0.0
+        if rule in ("max", "youden"):
+            return rule, 0.0
         if rule.startswith("quantile:"):
             q = float(rule.split(":", 1)[1])
             if 0 < q <= 1:
@@ -39,10 +40,28 @@ def parse_rule(rule: str) -> tuple[str, float]:
     raise ConfigError(f"threshold rule {rule!r}: expected {RULES_HELP}")
 
 
-def threshold_from_scores(scores, rule: str) -> float:
-    """Apply a rule to defect-free scores."""
+def youden(good, defects, floor: float = -math.inf) -> float:
+    """The threshold that best tells `defects` from `good` scores: the midpoint of neighbouring sorted scores
+    (no lower than `floor`) maximising (share of defects above it) - (share of good above it), Youden's J;
+    ties go to the highest, fewer false alarms."""
+    good, defects = np.asarray(good, dtype=np.float64), np.asarray(defects, dtype=np.float64)
+    values = np.unique(np.concatenate([good, defects]))
+    candidates = (values[:-1] + values[1:]) / 2
+    candidates = candidates[candidates >= floor]
+    if not len(candidates):
+        return float(max(floor, values[-1]))
+    gain = (defects[None, :] > candidates[:, None]).mean(1) - (good[None, :] > candidates[:, None]).mean(1)
+    return float(candidates[np.flatnonzero(gain == gain.max())[-1]])
+
+
+def threshold_from_scores(scores, rule: str, defect_scores=()) -> float:
+    """Apply a rule to defect-free scores (`youden`: and to the labelled defects' scores)."""
     kind, k = parse_rule(rule)
     scores = np.asarray(scores, dtype=np.float64)
+    if kind == "youden":
+        if not len(defect_scores):
+            raise ConfigError("threshold rule 'youden' needs labelled defective images (--val-defects DIR)")
+        return youden(scores, defect_scores)
     if kind == "max":
         return float(scores.max())
     if kind == "quantile":
@@ -55,13 +74,14 @@ def threshold_from_scores(scores, rule: str) -> float:
 COMPARED_RULES = ("max", "mean+3std", "mean+2std", "quantile:0.99", "quantile:0.95", "quantile:0.9")
 
 
-def threshold_trade(good_scores, scores, labels, rules=COMPARED_RULES) -> list[dict]:
-    """For each rule applied to the defect-free `good_scores`: its threshold and the false alarms and misses
-    it gives on labelled `scores` (labels: 1 = defective). What a user reads before moving a threshold."""
+def threshold_trade(good_scores, scores, labels, rules=COMPARED_RULES, defect_scores=()) -> list[dict]:
+    """For each rule applied to the defect-free `good_scores` (`youden`: and the labelled `defect_scores`
+    given at training): its threshold and the false alarms and misses it gives on labelled `scores`
+    (labels: 1 = defective). What a user reads before moving a threshold."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     rows = []
     for rule in dict.fromkeys(rules):  # keeps order, drops a repeated rule
-        th = threshold_from_scores(good_scores, rule)
+        th = threshold_from_scores(good_scores, rule, defect_scores)
         rows.append(
             {
                 "rule": rule,

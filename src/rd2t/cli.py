@@ -112,7 +112,9 @@ def train(
     val_fraction: Annotated[
         float | None, typer.Option(help="Good images held out for the threshold.")
     ] = None,
-    threshold_rule: Annotated[str | None, typer.Option(help="mean+Kstd | quantile:Q | max")] = None,
+    threshold_rule: Annotated[
+        str | None, typer.Option(help="mean+Kstd | quantile:Q | max | youden (with --val-defects)")
+    ] = None,
     fusion: Annotated[str | None, typer.Option(help="iaff|sum")] = None,
     student: Annotated[str | None, typer.Option(help="basic|bottleneck|mbconv")] = None,
     loss: Annotated[str | None, typer.Option(help="flat|pixel")] = None,

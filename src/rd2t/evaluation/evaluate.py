@@ -127,7 +127,7 @@ def evaluate(
     if cal is not None and cal.scores and scored:
         # what each rule, applied to the same held-out good scores, would have given here
         rules = (*COMPARED_RULES, cal.rule) if cal.rule else COMPARED_RULES
-        result.trade = threshold_trade(cal.scores, scores, labels, rules)
+        result.trade = threshold_trade(cal.scores, scores, labels, rules, cal.defect_scores)
         for r in result.trade:
             r["stored"] = r["rule"] == cal.rule
         result.trade_from = len(cal.scores)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rd2t.calibration import Calibration, map_range_from, threshold_from_scores
+from rd2t.calibration import Calibration, map_range_from, parse_rule, threshold_from_scores
 from rd2t.config import Config
 from rd2t.data.datasets import Sample
 from rd2t.data.pseudo_defects import paint_pseudo_defects
@@ -154,9 +154,10 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
 FEW_CALIBRATION_IMAGES = 10
 
 
-def calibrate_threshold(scores: np.ndarray, rule: str) -> float:
-    """Pass/fail threshold from defect-free validation scores only (never from test anomalies)."""
-    return threshold_from_scores(scores, rule)
+def calibrate_threshold(scores: np.ndarray, rule: str, defect_scores=()) -> float:
+    """Pass/fail threshold from defect-free validation scores (`youden`: and the labelled defects' scores
+    given at training), never from test anomalies."""
+    return threshold_from_scores(scores, rule, defect_scores)
 
 
 def score_images(
@@ -184,16 +185,22 @@ def score_images(
 
 
 def calibrate(
-    model: RD2T, images: torch.Tensor | list[Path], rule: str, source: str, batch_size: int = 16
+    model: RD2T,
+    images: torch.Tensor | list[Path],
+    rule: str,
+    source: str,
+    batch_size: int = 16,
+    defect_scores: list[float] | None = None,
 ) -> Calibration:
-    """Score held-out good images (as `score_images` takes them) and derive the threshold and colour scale."""
+    """Score held-out good images (as `score_images` takes them) and derive the threshold and colour scale.
+    `defect_scores`, the labelled defects' (score_labelled_defects), are kept with it; `youden` uses them."""
     scores, medians = score_images(model, images, batch_size)
     if not len(scores) or not np.isfinite(scores).all():
         raise RD2TError(
             "calibration: the trained model gives non-finite scores on the held-out good images "
             "(diverged training? try a lower --lr)"
         )
-    threshold = calibrate_threshold(scores, rule)
+    threshold = calibrate_threshold(scores, rule, defect_scores or ())
     if len(scores) < FEW_CALIBRATION_IMAGES:
         print(
             f"warning: the threshold comes from only {len(scores)} held-out good image(s); expect false "
@@ -206,26 +213,30 @@ def calibrate(
         source,
         scores.tolist(),
         map_range_from(float(np.median(medians)), threshold),
+        list(defect_scores or []),
     )
 
 
 def score_labelled_defects(
-    model: RD2T, defects: LabelledDefects, calibration: Calibration, batch_size: int, tiled: bool = False
+    model: RD2T, defects: LabelledDefects, batch_size: int, tiled: bool = False
 ) -> list[float]:
-    """The labelled defects' scores, whole images (tiled models: tiled, as `rd2t predict` scores them). Says
-    how many the stored threshold catches (what a line would miss) and what catching them all would cost on
-    the held-out good images; the threshold itself stays theirs."""
-    scores = score_images(model, defects.paths if tiled else defects.images, batch_size)[0]
-    caught, lowest = int((scores > calibration.threshold).sum()), float(np.min(scores))
+    """The labelled defects' scores, whole images (tiled models: tiled, as `rd2t predict` scores them)."""
+    return score_images(model, defects.paths if tiled else defects.images, batch_size)[0].tolist()
+
+
+def report_labelled_defects(calibration: Calibration) -> None:
+    """Say how many labelled defects the stored threshold catches (what a line would miss) and, when it misses
+    some, what catching them all would cost on the held-out good images."""
+    scores, threshold = np.asarray(calibration.defect_scores), calibration.threshold
+    caught, lowest = int((scores > threshold).sum()), float(np.min(scores))
     line = (
-        f"labelled defects: {caught} of {len(scores)} above the threshold {calibration.threshold:.4f} "
-        f"(their scores {lowest:.4f} to {np.max(scores):.4f})"
+        f"labelled defects: {caught} of {len(scores)} above the threshold {threshold:.4f} "
+        f"({calibration.rule}; their scores {lowest:.4f} to {np.max(scores):.4f})"
     )
     if caught < len(scores) and calibration.scores:
         flagged, n = calibration.false_alarm_rate(np.nextafter(lowest, -np.inf))
         line += f"; a threshold just below {lowest:.4f} catches all and flags {flagged} of {n} held-out good"
     print(line, file=sys.stderr)
-    return scores.tolist()
 
 
 # ---- memory bank (config.memory_bank > 0) -------------------------------------------------------------
@@ -595,6 +606,11 @@ def train(
         optimizer.load_state_dict(state.optimizer)
 
     tiler = Tiler.of(config)
+    if parse_rule(config.threshold_rule)[0] == "youden" and not val_defects:
+        raise ConfigError(
+            "--threshold-rule youden: places the threshold between the held-out good images and labelled "
+            "defective ones; give them with --val-defects DIR"
+        )
     if val_defects and tiler is not None and val_defects[0].mask_path is None:  # masks: all or none
         raise ConfigError(
             "--val-defects: a tiled model (--tile) needs the defects' masks (ground_truth/) to tell which "
@@ -716,11 +732,17 @@ def train(
             fit_memory_bank(
                 model, images, bank_held_out, cache, config.batch_size, tiler is not None, defects
             )
-        calibration = calibrate(model, held_out, config.threshold_rule, source, config.batch_size)
-        if defects is not None:  # kept with the threshold: the review page draws them beside the good ones
-            calibration.defect_scores = score_labelled_defects(
-                model, defects, calibration, config.batch_size, tiler is not None
-            )
+        # kept with the threshold (the review page draws them beside the good ones); `youden` sets it on them
+        defect_scores = (
+            score_labelled_defects(model, defects, config.batch_size, tiler is not None)
+            if defects is not None
+            else None
+        )
+        calibration = calibrate(
+            model, held_out, config.threshold_rule, source, config.batch_size, defect_scores
+        )
+        if defect_scores:
+            report_labelled_defects(calibration)
         final = _checkpoint(
             model, None, config.epochs, history, files, complete=True, calibration=calibration
         )
