@@ -252,6 +252,13 @@ def test_review_path(station, browser, screenshots):
     sync_api.expect(page.locator("#rate-val")).to_have_text(f"0 of {n} (0 %)")
     sync_api.expect(page.locator("#rate-miss")).to_have_text("1 of 1 (100.0 %)")
     sync_api.expect(page.locator("#rate-labelled")).to_have_text("6 of 6 (100.0 %)")
+    # The suggested value, the best split of the good scores from the defects', is one click away.
+    t = float(f"{analysis['suggested']:.4g}")
+    page.click("#try-suggested")
+    sync_api.expect(page.locator("#value")).to_have_value(f"{t:.4g}")
+    sync_api.expect(page.locator("#rate-labelled")).to_contain_text(f"{sum(v <= t for v in labelled)} of 6 (")
+    sync_api.expect(page.locator("#rate-val")).to_contain_text(f"{sum(v > t for v in val)} of {n} (")
+    page.screenshot(path=str(screenshots / "threshold-suggested.png"), full_page=True, animations="disabled")
 
     # Type a value between the false alarm and the confirmed defect; apply it, with who and why.
     new_value = float(f"{(flagged['score'] + confirmed['score']) / 2:.4g}")

@@ -333,6 +333,7 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
     assert rec["score"] in analysis["reviewed_good"]
     assert analysis["validation_good"] == Predictor.open(trained_cli_model).calibration.scores
     assert analysis["labelled_defect"] == []  # trained without --val-defects (test_review_page has some)
+    assert analysis["suggested"] is None  # no defect known yet: nothing to split
 
     new = rec["score"] + 1.0  # above this image's score: the same image now passes
     state = client.post("/v1/threshold", json={"value": new, "by": "qa", "note": "after review"}).json()
@@ -364,6 +365,12 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
         client.post(f"/v1/inspections/{hit['id']}/review", json={"state": "confirmed_defect"}).status_code
         == 200
     )
+    # With a confirmed defect the station suggests the value that best splits good scores from defects'.
+    a = client.get("/v1/threshold/analysis").json()
+    good, bad = np.array(a["validation_good"] + a["reviewed_good"]), np.array(a["reviewed_defect"])
+    assert list(bad) == [hit["score"]]
+    j = [(bad > t).mean() - (good > t).mean() for t in [a["suggested"], *good, *bad, *(good - 1e-6)]]
+    assert j[0] == max(j) and a["suggested"] < hit["score"]
     z = zipfile.ZipFile(io.BytesIO(client.get("/v1/export/reviewed-defects.zip").content))
     (name,) = [n for n in z.namelist() if n.startswith(f"defect/{hit['id']:08d}_")]
     assert z.read(name) == client.get(hit["links"]["image"]).content

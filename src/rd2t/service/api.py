@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from rd2t.calibration import youden
 from rd2t.errors import ConfigError, InputError, RD2TError
 from rd2t.service import db
 from rd2t.service.station import QueueFull, Station, TooLarge
@@ -306,13 +307,18 @@ def set_threshold(request: Request, body: ThresholdIn):
 def threshold_analysis(request: Request):
     st = station_of(request)
     cal = st.predictor.calibration
-    return {
+    a = {
         "current": st.threshold,
         "validation_good": list(cal.scores) if cal else [],
         "reviewed_good": st.reviewed_scores(db.REVIEWED_GOOD),
         "reviewed_defect": st.reviewed_scores(db.REVIEWED_DEFECT),
         "labelled_defect": list(cal.defect_scores) if cal else [],  # given at training (--val-defects)
     }
+    # A starting point for the person, never applied by itself: the value that best splits every good score
+    # shown from every defect's (Youden's J, as `--threshold-rule youden` at training).
+    good, defects = a["validation_good"] + a["reviewed_good"], a["reviewed_defect"] + a["labelled_defect"]
+    a["suggested"] = youden(good, defects) if good and defects else None
+    return a
 
 
 @api.get("/model")

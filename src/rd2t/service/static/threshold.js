@@ -115,6 +115,7 @@ function setTrial(t, typed) {
 }
 
 slider.addEventListener("input", () => setTrial(Number(slider.value)));
+document.getElementById("try-suggested")?.addEventListener("click", () => setTrial(data.suggested));
 valueBox.addEventListener("input", () => {
   const v = Number(valueBox.value);
   if (valueBox.value.trim() && isFinite(v)) setTrial(v, true);
