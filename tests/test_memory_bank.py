@@ -24,7 +24,7 @@ from rd2t.training.loop import (
     choose_bank_share,
     load_labelled_defects,
     report_labelled_defects,
-    score_labelled_defects,
+    score_images,
 )
 from tests.conftest import paint_defect, texture
 
@@ -508,7 +508,7 @@ def test_labelled_defects_the_threshold_misses_are_counted_with_the_cost_of_catc
     with torch.no_grad():
         want = np.sort(model(to_model_input(defects.images))[0].numpy())
     threshold = float(want[2:4].mean())  # between the 3rd and 4th lowest: 3 of 6 caught
-    got = score_labelled_defects(model, defects, batch_size=4)
+    got = score_images(model, defects.images, batch_size=4)[0].tolist()
     assert sorted(got) == pytest.approx(want.tolist(), rel=1e-4, abs=1e-5)
     calibration = Calibration(threshold, "mean+3std", scores=ckpt.calibration.scores, defect_scores=got)
     capsys.readouterr()
@@ -547,21 +547,29 @@ def test_youden_without_labelled_defects_is_refused_before_training(texture_set,
 
 def test_tiled_models_choose_on_the_labelled_tiles_that_hold_defects(texture_set, tmp_path, capfd):
     """A tiled model chooses on the tiles of the labelled images that hold defect pixels (the others are good
-    regions of a defective part) and records the whole images' tiled scores; image labels alone cannot say
-    which tiles those are, so they are refused in one line before training."""
+    regions of a defective part) and records the whole images' tiled scores. Image labels alone (the station's
+    reviewed-defects zip) cannot say which tiles those are: painted tiles choose, and the images are scored
+    whole, enough for `--threshold-rule youden`."""
     from rd2t.cli import main
     from rd2t.inference.tiling import starts
 
     args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1", "--tile", "64"]
     args += ["--stride", "48", "--batch-size", "8", "--device", "cpu", "--val-fraction", "0.2"]
+    args += ["--memory-bank", "0.05"]
     unmasked = _labelled_copy(texture_set, tmp_path / "unmasked", masks=False)
-    assert main([*args, "--val-defects", str(unmasked)]) != 0
-    err = capfd.readouterr().err.strip().splitlines()
-    assert err[-1] == (
-        "error: --val-defects: a tiled model (--tile) needs the defects' masks (ground_truth/) to tell which "
-        "tiles hold them"
-    )
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert main([*args, "--val-defects", str(unmasked), "--threshold-rule", "youden"]) == 0
+    err = capfd.readouterr().err
+    assert "image labels cannot say which tiles hold the defects, so painted tiles choose" in err
+    (chosen_on,) = {on for *_, on in choice_lines(err)}
+    assert chosen_on.endswith("pseudo-defects painted and 20 held-out good tiles")
+    model, ckpt = load_model(tmp_path / "run/model.pt")
+    images = sorted((unmasked / "stain").glob("*.png"))
+    whole = np.array([p.score for p in Predictor.from_model(model).predict(images)])
+    cal = ckpt.calibration
+    assert cal.rule == "youden" and cal.defect_scores == pytest.approx(whole.tolist(), rel=1e-4, abs=1e-5)
+    good = np.asarray(cal.scores)
+    j = [(whole > t).mean() - (good > t).mean() for t in [cal.threshold, *good, *whole]]
+    assert j[0] == max(j)
 
     # labelled parts twice the training images' size: 16 tiles each, a few of which hold the stain
     val, rng, holding = tmp_path / "val", np.random.default_rng(5), 0
@@ -574,7 +582,7 @@ def test_tiled_models_choose_on_the_labelled_tiles_that_hold_defects(texture_set
         Image.fromarray(mask.astype(np.uint8) * 255).save(val / f"ground_truth/stain/{i}_mask.png")
         holding += sum(bool(mask[y : y + 64, x : x + 64].any()) for y, x in grid)
     assert 4 <= holding < 4 * len(grid)
-    assert main([*args, "--memory-bank", "0.05", "--val-defects", str(val)]) == 0
+    assert main([*args, "--val-defects", str(val)]) == 0
     err = capfd.readouterr().err
     lines = choice_lines(err)
     assert sorted((s, c) for s, c, *_ in lines) == [(4, "max"), (4, "sum"), (8, "max"), (8, "sum")]

@@ -355,7 +355,8 @@ def export_reviewed_good(request: Request):
     summary="Originals reviewed as defects, in defect/: a folder for `rd2t train --val-defects`",
 )
 def export_reviewed_defects(request: Request):
-    # Image labels only (the station has no masks): training chooses on them with >= 10 held-out good images.
+    # Image labels only (the station has no masks): training chooses on them with >= 10 held-out good images
+    # (a tiled model only scores them).
     return _originals_zip(station_of(request), db.REVIEWED_DEFECT, "reviewed-defects.zip", "defect/")
 
 

@@ -193,7 +193,7 @@ def calibrate(
     defect_scores: list[float] | None = None,
 ) -> Calibration:
     """Score held-out good images (as `score_images` takes them) and derive the threshold and colour scale.
-    `defect_scores`, the labelled defects' (score_labelled_defects), are kept with it; `youden` uses them."""
+    `defect_scores`, the labelled defects' (`score_images`), are kept with it; `youden` uses them."""
     scores, medians = score_images(model, images, batch_size)
     if not len(scores) or not np.isfinite(scores).all():
         raise RD2TError(
@@ -215,13 +215,6 @@ def calibrate(
         map_range_from(float(np.median(medians)), threshold),
         list(defect_scores or []),
     )
-
-
-def score_labelled_defects(
-    model: RD2T, defects: LabelledDefects, batch_size: int, tiled: bool = False
-) -> list[float]:
-    """The labelled defects' scores, whole images (tiled models: tiled, as `rd2t predict` scores them)."""
-    return score_images(model, defects.paths if tiled else defects.images, batch_size)[0].tolist()
 
 
 def report_labelled_defects(calibration: Calibration) -> None:
@@ -611,10 +604,14 @@ def train(
             "--threshold-rule youden: places the threshold between the held-out good images and labelled "
             "defective ones; give them with --val-defects DIR"
         )
-    if val_defects and tiler is not None and val_defects[0].mask_path is None:  # masks: all or none
-        raise ConfigError(
-            "--val-defects: a tiled model (--tile) needs the defects' masks (ground_truth/) to tell which "
-            "tiles hold them"
+    # Masks come all or none. Without them a tiled model cannot tell which tiles hold the defect: painted
+    # tiles choose its bank, and the labelled images are only scored whole (the station's zip of defects).
+    scored_only = bool(val_defects) and tiler is not None and val_defects[0].mask_path is None
+    if scored_only:
+        print(
+            "--val-defects without masks on a tiled model: image labels cannot say which tiles hold the "
+            "defects, so painted tiles choose the memory bank; the labelled images are scored whole",
+            file=sys.stderr,
         )
     if tiler is not None:  # training rows are tiles; calibration scores whole images, tiled, from their files
         images, train_paths = load_training_tiles(train_paths, tiler, progress, "training")
@@ -721,7 +718,7 @@ def train(
         source = "validation" if len(val_images) else "training images (no readable validation images)"
         held_out = val_images if len(val_images) else train_paths if tiler is not None else images
         defects = None
-        if val_defects:
+        if val_defects and not scored_only:
             defects = (
                 load_labelled_defects(val_defects, config.image_size)
                 if tiler is None
@@ -732,15 +729,23 @@ def train(
             fit_memory_bank(
                 model, images, bank_held_out, cache, config.batch_size, tiler is not None, defects
             )
-        # kept with the threshold (the review page draws them beside the good ones); `youden` sets it on them
-        defect_scores = (
-            score_labelled_defects(model, defects, config.batch_size, tiler is not None)
-            if defects is not None
-            else None
-        )
-        calibration = calibrate(
-            model, held_out, config.threshold_rule, source, config.batch_size, defect_scores
-        )
+        # Kept with the threshold (the review page draws them beside the good ones); `youden` sets it on them.
+        # Whole images, as `rd2t predict` scores them (tiled: tiled); resized ones as read for the choice.
+        labelled: torch.Tensor | list[Path] = []
+        if scored_only:
+            labelled = [Path(s.path) for s in val_defects]
+        elif defects is not None:
+            labelled = defects.paths if tiler is not None else defects.images
+        defect_scores = score_images(model, labelled, config.batch_size)[0].tolist() if len(labelled) else []
+        rule = config.threshold_rule
+        if parse_rule(rule)[0] == "youden" and not defect_scores:  # all unreadable: keep the training
+            print(
+                "warning: --threshold-rule youden: no labelled defect could be scored; the threshold is "
+                "mean+3std of the held-out good images",
+                file=sys.stderr,
+            )
+            rule = "mean+3std"
+        calibration = calibrate(model, held_out, rule, source, config.batch_size, defect_scores)
         if defect_scores:
             report_labelled_defects(calibration)
         final = _checkpoint(
