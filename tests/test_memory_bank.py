@@ -545,6 +545,32 @@ def test_youden_without_labelled_defects_is_refused_before_training(texture_set,
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_youden_with_no_readable_labelled_defect_keeps_the_training(texture_set, tmp_path, capfd):
+    """Labelled images are read after training: if none can be read, youden cannot place the threshold, and
+    the trained model is kept with the good images' rule rather than lost."""
+    from rd2t.cli import main
+
+    val = tmp_path / "val"
+    (val / "stain").mkdir(parents=True)
+    (val / "stain/broken.png").write_bytes(b"not a png")
+    args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]
+    args += [
+        "--image-size",
+        str(SIZE),
+        "--batch-size",
+        "4",
+        "--val-defects",
+        str(val),
+        "--threshold-rule",
+        "youden",
+    ]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "broken.png" in err and "no labelled defect could be scored; the threshold is mean+3std" in err
+    _, ckpt = load_model(tmp_path / "run/model.pt")
+    assert ckpt.calibration.rule == "mean+3std" and ckpt.calibration.defect_scores == []
+
+
 def test_tiled_models_choose_on_the_labelled_tiles_that_hold_defects(texture_set, tmp_path, capfd):
     """A tiled model chooses on the tiles of the labelled images that hold defect pixels (the others are good
     regions of a defective part) and records the whole images' tiled scores. Image labels alone (the station's
