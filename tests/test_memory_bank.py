@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rd2t.api import Detector
-from rd2t.calibration import Calibration
+from rd2t.calibration import Calibration, youden
 from rd2t.config import preset
 from rd2t.data import labelled_defects, load_image, load_mask
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
@@ -514,10 +514,14 @@ def test_labelled_defects_the_threshold_misses_are_counted_with_the_cost_of_catc
     capsys.readouterr()
     report_labelled_defects(calibration)
     good = np.asarray(ckpt.calibration.scores)
-    line = capsys.readouterr().err.strip()
+    line, hint = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"labelled defects: 3 of 6 above the threshold {threshold:.4f}")
     flagged = f"flags {int((good >= want[0]).sum())} of {len(good)} held-out good"
     assert line.endswith(f"a threshold just below {want[0]:.4f} catches all and {flagged}")
+    # and where the best split of the two would put it, with what it catches and flags there
+    best = youden(good, got)
+    counts = f"{(want > best).sum()} of 6 caught, {(good > best).sum()} of {len(good)} held-out good flagged"
+    assert hint == f"--threshold-rule youden would set {best:.4f}: {counts}"
 
 
 def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tmp_path, capfd):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rd2t.calibration import Calibration, map_range_from, parse_rule, threshold_from_scores
+from rd2t.calibration import Calibration, map_range_from, parse_rule, threshold_from_scores, youden
 from rd2t.config import Config
 from rd2t.data.datasets import Sample
 from rd2t.data.pseudo_defects import paint_pseudo_defects
@@ -229,6 +229,14 @@ def report_labelled_defects(calibration: Calibration) -> None:
     if caught < len(scores) and calibration.scores:
         flagged, n = calibration.false_alarm_rate(np.nextafter(lowest, -np.inf))
         line += f"; a threshold just below {lowest:.4f} catches all and flags {flagged} of {n} held-out good"
+        if calibration.rule != "youden":  # the best split of the two, one flag away
+            best = youden(calibration.scores, scores)
+            flagged, n = calibration.false_alarm_rate(best)
+            caught = int((scores > best).sum())
+            line += (
+                f"\n--threshold-rule youden would set {best:.4f}: {caught} of {len(scores)} caught, "
+                f"{flagged} of {n} held-out good flagged"
+            )
     print(line, file=sys.stderr)
 
 
