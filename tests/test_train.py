@@ -182,6 +182,15 @@ def test_threshold_rules_and_validation_split():
     assert calibrate_threshold(scores, "youden", [3.5, 5.0, 6.0]) == 3.25  # all caught, 1/4 flagged: 3/4
     assert calibrate_threshold(scores, "youden", [5.0, 6.0]) == 4.5  # all caught, none flagged
     assert calibrate_threshold([1.0, 4.0], "youden", [2.0, 5.0]) == 4.5  # ties 1.5 and 4.5: fewer alarms
+    rng = np.random.default_rng(0)  # rounded scores: many ties, checked against every midpoint by hand
+    for _ in range(200):
+        good, bad = (
+            rng.normal(0, 1, rng.integers(2, 30)).round(1),
+            rng.normal(1, 1, rng.integers(1, 30)).round(1),
+        )
+        values = np.unique(np.concatenate([good, bad]))
+        j = {t: (bad > t).mean() - (good > t).mean() for t in (values[:-1] + values[1:]) / 2}
+        assert calibrate_threshold(good, "youden", bad) == max(t for t in j if j[t] == max(j.values()))
     with pytest.raises(ConfigError, match="youden' needs labelled defective images"):
         calibrate_threshold(scores, "youden")
     paths = [f"{i}.png" for i in range(20)]

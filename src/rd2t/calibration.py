@@ -44,13 +44,17 @@ def youden(good, defects, floor: float = -math.inf) -> float:
     """The threshold that best tells `defects` from `good` scores: the midpoint of neighbouring sorted scores
     (no lower than `floor`) maximising (share of defects above it) - (share of good above it), Youden's J;
     ties go to the highest, fewer false alarms."""
-    good, defects = np.asarray(good, dtype=np.float64), np.asarray(defects, dtype=np.float64)
+    good, defects = np.sort(np.asarray(good, np.float64)), np.sort(np.asarray(defects, np.float64))
     values = np.unique(np.concatenate([good, defects]))
     candidates = (values[:-1] + values[1:]) / 2
     candidates = candidates[candidates >= floor]
     if not len(candidates):
         return float(max(floor, values[-1]))
-    gain = (defects[None, :] > candidates[:, None]).mean(1) - (good[None, :] > candidates[:, None]).mean(1)
+
+    def share_above(scores: np.ndarray) -> np.ndarray:  # sorted: O(n log n), a station may hold many
+        return (len(scores) - np.searchsorted(scores, candidates, side="right")) / max(len(scores), 1)
+
+    gain = share_above(defects) - share_above(good)
     return float(candidates[np.flatnonzero(gain == gain.max())[-1]])
 
 
