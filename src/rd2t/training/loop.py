@@ -193,13 +193,21 @@ def calibrate(
     defect_scores: list[float] | None = None,
 ) -> Calibration:
     """Score held-out good images (as `score_images` takes them) and derive the threshold and colour scale.
-    `defect_scores`, the labelled defects' (`score_images`), are kept with it; `youden` uses them."""
+    `defect_scores`, the labelled defects' (`score_images`), are kept with it; `youden` uses them (without
+    any, it falls back to mean+3std with a warning, so a finished training is not lost here)."""
     scores, medians = score_images(model, images, batch_size)
     if not len(scores) or not np.isfinite(scores).all():
         raise RD2TError(
             "calibration: the trained model gives non-finite scores on the held-out good images "
             "(diverged training? try a lower --lr)"
         )
+    if parse_rule(rule)[0] == "youden" and not defect_scores:  # none could be read: keep the training
+        print(
+            "warning: --threshold-rule youden: no labelled defect could be scored; the threshold is "
+            "mean+3std of the held-out good images",
+            file=sys.stderr,
+        )
+        rule = "mean+3std"
     threshold = calibrate_threshold(scores, rule, defect_scores or ())
     if len(scores) < FEW_CALIBRATION_IMAGES:
         print(
@@ -744,16 +752,10 @@ def train(
             labelled = [Path(s.path) for s in val_defects]
         elif defects is not None:
             labelled = defects.paths if tiler is not None else defects.images
-        defect_scores = score_images(model, labelled, config.batch_size)[0].tolist() if len(labelled) else []
-        rule = config.threshold_rule
-        if parse_rule(rule)[0] == "youden" and not defect_scores:  # all unreadable: keep the training
-            print(
-                "warning: --threshold-rule youden: no labelled defect could be scored; the threshold is "
-                "mean+3std of the held-out good images",
-                file=sys.stderr,
-            )
-            rule = "mean+3std"
-        calibration = calibrate(model, held_out, rule, source, config.batch_size, defect_scores)
+        defect_scores = score_images(model, labelled, config.batch_size)[0].tolist()  # [] without any
+        calibration = calibrate(
+            model, held_out, config.threshold_rule, source, config.batch_size, defect_scores
+        )
         if defect_scores:
             report_labelled_defects(calibration)
         final = _checkpoint(
