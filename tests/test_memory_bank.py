@@ -558,16 +558,8 @@ def test_youden_with_no_readable_labelled_defect_keeps_the_training(texture_set,
     (val / "stain").mkdir(parents=True)
     (val / "stain/broken.png").write_bytes(b"not a png")
     args = ["train", str(texture_set), "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]
-    args += [
-        "--image-size",
-        str(SIZE),
-        "--batch-size",
-        "4",
-        "--val-defects",
-        str(val),
-        "--threshold-rule",
-        "youden",
-    ]
+    args += ["--image-size", str(SIZE), "--batch-size", "4"]
+    args += ["--val-defects", str(val), "--threshold-rule", "youden"]
     assert main(args) == 0
     err = capfd.readouterr().err
     assert "broken.png" in err and "no labelled defect could be scored; the threshold is mean+3std" in err

@@ -623,7 +623,7 @@ def train(
     # Masks come all or none. Without them a tiled model cannot tell which tiles hold the defect: painted
     # tiles choose its bank, and the labelled images are only scored whole (the station's zip of defects).
     scored_only = bool(val_defects) and tiler is not None and val_defects[0].mask_path is None
-    if scored_only:
+    if scored_only and rank == 0:  # said once, not by every DDP rank
         print(
             "--val-defects without masks on a tiled model: image labels cannot say which tiles hold the "
             "defects, so painted tiles choose the memory bank; the labelled images are scored whole",
