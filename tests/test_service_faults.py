@@ -197,6 +197,9 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                 first = client.post("/v1/inspect", files={"file": ("a.png", data[0])}).json()
                 sub.wait_for(first["id"])
 
+                # Cleared before the broker goes: the subscriber may re-subscribe the moment it is back,
+                # before this thread could clear the event (the test then waited for a second subscribe).
+                sub.subscribed.clear()
                 mosquitto.terminate()
                 mosquitto.wait(10)
                 t0 = time.perf_counter()
@@ -205,7 +208,6 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                 assert time.perf_counter() - t0 < 5
 
                 mosquitto = broker()
-                sub.subscribed.clear()
                 assert sub.subscribed.wait(15), "subscriber did not come back"
                 deadline = time.time() + 40  # paho's back-off: 1, 2, 4 ... s
                 while not publisher.connected and time.time() < deadline:
