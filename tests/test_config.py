@@ -39,6 +39,8 @@ def test_file_then_flags_then_assignments(tmp_path):
     "content,expected",
     [
         ('{"epochs": 0}', "epochs=0"),
+        ('{"epochs": true}', "epochs=True"),  # a JSON boolean is no count, though Python's True == 1
+        ('{"scale": true}', "scale=True"),
         ('{"colour": 1}', "unknown config field(s) colour"),
         ("{not json", "not valid json"),
         ('["a"]', "expected a mapping"),

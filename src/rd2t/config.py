@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,8 +113,15 @@ class Config:
         def bad(name: str, expected: str) -> None:
             raise ConfigError(f"config: {name}={getattr(self, name)!r}, expected {expected}")
 
-        def finite_non_negative(v) -> bool:  # a bool is an int to Python, never a count here
-            return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+        def number(v, low: float, high: float = math.inf, *, open_low=False, open_high=False) -> bool:
+            """A finite int or float (a bool is an int to Python, never a value here) in [low, high], the
+            bounds excluded where asked."""
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return False
+            return (low < v if open_low else low <= v) and (v < high if open_high else v <= high)
+
+        def whole(v, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
         if not 1 <= len(self.teachers) <= 2 or not all(isinstance(t, str) and t for t in self.teachers):
             bad("teachers", "1 or 2 timm model names")
@@ -132,20 +140,19 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, "one of " + ", ".join(allowed))
-        if not isinstance(self.image_size, int) or self.image_size < 32 or self.image_size % 32:
+        if not whole(self.image_size, 32) or self.image_size % 32:
             bad("image_size", "a multiple of 32, at least 32")
-        if not isinstance(self.tile, int) or self.tile < 0 or self.tile % 32:
+        if not whole(self.tile, 0) or self.tile % 32:
             bad("tile", "0 (off) or a multiple of 32")
         if self.tile and self.tile != self.image_size:
             bad("tile", f"the model's input size image_size={self.image_size} (set both, or only --tile)")
-        if self.tile and not (isinstance(self.stride, int) and 0 < self.stride <= self.tile):
+        if self.tile and not (whole(self.stride, 1) and self.stride <= self.tile):
             bad("stride", f"a whole number with 0 < stride <= tile={self.tile}")
-        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1):
+        if not number(self.scale, 0, 1, open_low=True):
             bad("scale", "a number with 0 < scale <= 1")
-        if not (isinstance(self.memory_bank, (int, float)) and 0 <= self.memory_bank <= 1):
+        if not number(self.memory_bank, 0, 1):
             bad("memory_bank", "a number with 0 <= f <= 1 (0 = off)")
-        weight = self.bank_weight
-        if not (isinstance(weight, (int, float)) and (0 <= weight <= 1 or weight == -1)):
+        if not (number(self.bank_weight, 0, 1) or self.bank_weight == -1):
             bad("bank_weight", "a number with 0 <= w <= 1, or -1 (chosen on pseudo-defects)")
         if self.bank_stride not in (0, 4, 8):
             bad("bank_stride", "4, 8 or 0 (chosen on pseudo-defects)")
@@ -153,26 +160,26 @@ class Config:
             bad("bank_scale", "std or max")
         if self.bank_combine not in ("sum", "max", "chosen"):
             bad("bank_combine", "sum, max or chosen")
-        if not (isinstance(self.sigma, (int, float)) and 0 <= self.sigma < float("inf")):
+        if not number(self.sigma, 0):
             bad("sigma", "a number >= 0")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
+        if not whole(self.epochs, 1):
             bad("epochs", "a whole number >= 1")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+        if not whole(self.batch_size, 2):
             bad("batch_size", "a whole number >= 2 (BatchNorm needs two images)")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+        if not number(self.lr, 0, open_low=True):
             bad("lr", "a number > 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(number(b, 0, 1, open_high=True) for b in self.betas):
             bad("betas", "two numbers in [0, 1)")
-        if not (isinstance(self.tile_fraction, (int, float)) and 0 < self.tile_fraction <= 1):
+        if not number(self.tile_fraction, 0, 1, open_low=True):
             bad("tile_fraction", "a number with 0 < f <= 1")
-        if not finite_non_negative(self.feature_jitter):
+        if not number(self.feature_jitter, 0):
             bad("feature_jitter", "a number >= 0")
-        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+        if not number(self.val_fraction, 0, 1, open_high=True):
             bad("val_fraction", "a number with 0 <= f < 1")
         parse_rule(self.threshold_rule)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
             bad("device", "auto, cpu, mps, cuda or cuda:N")
-        if not finite_non_negative(self.checkpoint_every_s):
+        if not number(self.checkpoint_every_s, 0):
             bad("checkpoint_every_s", "a number of seconds >= 0")
 
     def to_dict(self) -> dict:
