@@ -13,6 +13,7 @@ fixed beforehand and judged on other seeds and sets.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sum_max_mix.py docs/measured/round14/mt_s0.json \
         runs/terms/mt_s0 --root ../shared/data/magnetic_tile --out docs/measured/round14/mt_s0_mix.json
+    .venv/bin/python benchmarks/sum_max_mix.py --table docs/measured/round14/*_mix.json    # a = 0.25 - a = 0
 """
 
 from __future__ import annotations
@@ -32,15 +33,45 @@ def mixed(terms: torch.Tensor, peaks: torch.Tensor, a: float) -> torch.Tensor:
     return (1 - a) * scaled.mean(1) + a * scaled.amax(1)
 
 
+def table(files: list[str], share: str = "0.25") -> None:
+    """Each file's `share` row minus its default (a = 0), and the rule's verdict
+    (docs/measured/round14/mix_rule_written_before.txt; magnetic tile files are those named mt_*)."""
+    print(f"| file | a = 0 | a = {share} | minus a = 0 | rule |")
+    print("|---|---|---|---|---|")
+    for name in files:
+        mix = json.loads(Path(name).read_text())["mix"]
+        base, cand = mix["0.0"], mix[share]
+        d = {k: 100 * (cand[k] - base[k]) for k in ("image_auroc", "pixel_auroc", "au_pro")}
+        if Path(name).name.startswith("mt_"):
+            errors = base["false_alarms"] + base["misses"]
+            ok = d["pixel_auroc"] >= 1.0 and d["image_auroc"] >= -0.3 and d["au_pro"] >= -0.5
+            ok = ok and cand["false_alarms"] + cand["misses"] <= errors
+        else:
+            ok = d["au_pro"] >= -0.1 and d["pixel_auroc"] >= -0.05
+
+        def fig(f: dict) -> str:
+            return " / ".join(f"{100 * f[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "au_pro")) + (
+                f", {f['false_alarms']} / {f['misses']}"
+            )
+
+        delta = " / ".join(f"{v:+.2f}" for v in d.values())
+        print(f"| {Path(name).stem} | {fig(base)} | {fig(cand)} | {delta} | {'pass' if ok else 'FAIL'} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stride_json", help="bank_stride.py's JSON for the model")
-    ap.add_argument("terms", help="the folder bank_stride.py --save-terms wrote")
-    ap.add_argument("--root", required=True)
+    ap.add_argument("stride_json", nargs="?", help="bank_stride.py's JSON for the model")
+    ap.add_argument("terms", nargs="?", help="the folder bank_stride.py --save-terms wrote")
+    ap.add_argument("--root")
     ap.add_argument("--category", default=".")
     ap.add_argument("--mix", default="0,0.25,0.5,0.75,1")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--table", nargs="+", help="instead: the a = 0.25 table of these result files")
     a = ap.parse_args()
+    if a.table:
+        return table(a.table)
+    if not (a.stride_json and a.terms and a.root and a.out):
+        ap.error("give stride_json, terms, --root and --out (or --table FILES)")
     result = json.loads(Path(a.stride_json).read_text())
     stride = int(result["auto_max"]["stride"])
     saved = torch.load(Path(a.terms) / f"stride{stride}.pt")
