@@ -100,6 +100,15 @@ def test_set(root: str, category: str, size: int) -> tuple[list, list, torch.Ten
     return test, sizes, torch.stack(images), masks
 
 
+def saved_default_terms(stride_json: str, terms_dir: str) -> tuple[dict, int, torch.Tensor, torch.Tensor]:
+    """bank_stride.py's JSON for one model and the terms its --save-terms wrote at the stride the default
+    chose (`auto_max`): (the JSON, that stride, held-out good terms, test terms), float32 (N, 2, H, W)."""
+    result = json.loads(Path(stride_json).read_text())
+    stride = int(result["auto_max"]["stride"])
+    saved = torch.load(Path(terms_dir) / f"stride{stride}.pt")
+    return result, stride, saved["good"].float(), saved["terms"].float()
+
+
 def test_figures(maps, val_maps, test, sizes, masks) -> dict:
     scores = maps.flatten(1).amax(1).numpy()
     ev = Evaluator()

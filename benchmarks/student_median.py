@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-from bank_rules import blend, test_figures, test_set  # benchmarks/ is on the path when a script runs
+from bank_rules import blend, saved_default_terms, test_figures, test_set  # benchmarks/ on the path
 
-from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.memory_bank import good_peaks
 
 
@@ -65,12 +64,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     t0 = time.time()
-    result = json.loads(Path(a.stride_json).read_text())
-    stride = int(result["auto_max"]["stride"])
-    saved = torch.load(Path(a.terms) / f"stride{stride}.pt")
-    good, terms = saved["good"].float(), saved["terms"].float()
-    size = Checkpoint.load(result["model"]).config.image_size
-    test, sizes, _, masks = test_set(a.root, a.category, size)
+    result, stride, good, terms = saved_default_terms(a.stride_json, a.terms)
+    test, sizes, _, masks = test_set(a.root, a.category, good.shape[-1])
     assert len(test) == len(terms), "the saved terms are not this test set's"
 
     maps = {

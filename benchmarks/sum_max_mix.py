@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import torch
-from bank_rules import test_figures, test_set  # benchmarks/ is on the path when a script runs
+from bank_rules import saved_default_terms, test_figures, test_set  # benchmarks/ on the path
 
 from rd2t.model.memory_bank import good_peaks
 
@@ -72,10 +72,7 @@ def main() -> None:
         return table(a.table)
     if not (a.stride_json and a.terms and a.root and a.out):
         ap.error("give stride_json, terms, --root and --out (or --table FILES)")
-    result = json.loads(Path(a.stride_json).read_text())
-    stride = int(result["auto_max"]["stride"])
-    saved = torch.load(Path(a.terms) / f"stride{stride}.pt")
-    good, terms = saved["good"].float(), saved["terms"].float()
+    result, stride, good, terms = saved_default_terms(a.stride_json, a.terms)
     test, sizes, _, masks = test_set(a.root, a.category, good.shape[-1])
     peaks = good_peaks(good)
     out = {"model": result["model"], "stride": stride, "mix": {}}
