@@ -64,10 +64,10 @@ def images() -> np.ndarray:
     return to_model_input(torch.stack([to_uint8_tensor(p, SIZE) for p in _photos()])).numpy()
 
 
-def _make_checkpoint(path, name: str, images: np.ndarray) -> tuple[RD2T, float]:
+def _make_checkpoint(path, name: str, images: np.ndarray, **overrides) -> tuple[RD2T, float]:
     """Real offline teachers, a seeded perturbed (non-trivial) student, threshold = median torch score."""
     torch.manual_seed(0)
-    model = RD2T(preset(name, image_size=SIZE))
+    model = RD2T(preset(name, image_size=SIZE, **overrides))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -205,6 +205,13 @@ def test_single_teacher_rd4ad_offline_exports_with_parity(tmp_path, images):
     detector = OnnxDetector(path, optimization="basic")
     assert detector.metadata["preset"] == "rd4ad-offline" and detector.threshold == threshold
     _assert_parity(model, detector, images[:1], threshold)
+    _assert_parity(model, detector, images[:3], threshold)
+
+
+def test_dice_distance_exports_with_parity(tmp_path, images):
+    model, threshold = _make_checkpoint(tmp_path / "dice.pt", "rd4ad-offline", images, distance="dice")
+    detector = OnnxDetector(export_onnx(tmp_path / "dice.pt", tmp_path / "dice.onnx"), optimization="basic")
+    assert json.loads(detector.metadata["config"])["distance"] == "dice"
     _assert_parity(model, detector, images[:3], threshold)
 
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from rd2t.config import PRESETS, Config, preset
-from rd2t.errors import WeightsError
+from rd2t.errors import ConfigError, WeightsError
 from rd2t.model.fusion import IAFF, MSCAM
-from rd2t.model.network import RD2T, GaussianBlur
+from rd2t.model.network import RD2T, GaussianBlur, distance_map
 from rd2t.model.teachers import Teacher, build_classifier
 
 SMALL = 64  # shapes scale with the input; 64 px keeps the WideResNet presets quick on 2 cores
@@ -118,6 +118,31 @@ def test_loss_variants_and_perfect_reconstruction_gives_zero_map():
     assert float(model.anomaly_map(feats, flipped, (SMALL, SMALL)).mean()) == pytest.approx(
         2 * 2 * 3, rel=1e-3
     )
+
+
+def test_dice_distance_is_cosine_where_norms_agree_and_counts_a_change_of_strength():
+    """The `dice` distance (config.distance) sees what 1 - cosine cannot: a feature rebuilt in the right
+    direction at the wrong strength, as a large brightness change may leave it."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 16, 5, 5, generator=g)
+    s = torch.randn(2, 16, 5, 5, generator=g)
+    s_same_norm = s / s.norm(dim=1, keepdim=True) * t.norm(dim=1, keepdim=True)
+    cosine = distance_map(s_same_norm, t, "cosine")
+    assert torch.allclose(distance_map(s_same_norm, t, "dice"), cosine, atol=1e-5)
+    assert float(distance_map(t, t, "dice").abs().max()) < 1e-6
+    for strength in (0.5, 1.5, 3.0):  # same direction: cosine 0, dice (1 - a)^2 / (1 + a^2)
+        d = distance_map(strength * t, t, "dice")
+        assert float(distance_map(strength * t, t, "cosine").abs().max()) < 1e-5
+        assert torch.allclose(d, torch.full_like(d, (1 - strength) ** 2 / (1 + strength**2)), atol=1e-5)
+    model = RD2T(preset("offline", pretrained=False, image_size=SMALL, distance="dice")).eval()
+    feats = model.teacher_features(torch.rand(2, 3, SMALL, SMALL))
+    doubled = [[2 * f for f in tf] for tf in feats]  # 1 - 4/5 = 0.2 per teacher and scale, in loss and map
+    assert float(model.loss(feats, feats)) == pytest.approx(0.0, abs=1e-5)
+    assert float(model.loss(feats, doubled)) == pytest.approx(0.2 * 2 * 3, rel=1e-4)
+    amap = model.anomaly_map(feats, doubled, (SMALL, SMALL))
+    assert float(amap.mean()) == pytest.approx(0.2 * 2 * 3, rel=1e-3)
+    with pytest.raises(ConfigError, match="distance='l1'"):
+        preset("offline", distance="l1")
 
 
 def test_offline_weights_are_real_imagenet_weights():

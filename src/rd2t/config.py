@@ -44,6 +44,12 @@ class Config:
     student: str = _f("basic", MODEL, "basic | bottleneck | mbconv")
     student_blocks: tuple[int, ...] = _f((2, 2, 2), MODEL, "residual blocks per decoder stage")
     loss: str = _f("flat", MODEL, "flat (RD4AD code) | pixel")
+    distance: str = _f(
+        "cosine",
+        MODEL,
+        "student-teacher distance in the loss and the map: cosine | dice (1 - 2s.t/(|s|^2+|t|^2): also "
+        "counts a feature rebuilt at the wrong strength; docs/ablations.md, round 15)",
+    )
     image_size: int = _f(256, MODEL, "input size, a multiple of 32")
     sigma: float = _f(4.0, MODEL, "Gaussian blur of the map, pixels at image_size")
     # Tiling for high-resolution parts (docs/high-resolution.md): the image is resized by `scale`, then
@@ -135,6 +141,7 @@ class Config:
             "fusion": ("iaff", "sum"),
             "student": ("basic", "bottleneck", "mbconv"),
             "loss": ("flat", "pixel"),
+            "distance": ("cosine", "dice"),
             "cache": ("memory", "disk", "none"),
         }
         for name, allowed in choices.items():

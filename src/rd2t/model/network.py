@@ -44,6 +44,21 @@ def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return 1 - F.cosine_similarity(student, teacher, dim=1).unsqueeze(1)
 
 
+def dice_distance(student: torch.Tensor, teacher: torch.Tensor, dim: int) -> torch.Tensor:
+    """1 - 2 s.t / (|s|^2 + |t|^2) over `dim`: 1 - cosine where the norms agree, more where they do not, so a
+    feature rebuilt in the right direction but at the wrong strength still counts (config.distance)."""
+    dot = (student * teacher).sum(dim)
+    norms = student.pow(2).sum(dim) + teacher.pow(2).sum(dim)
+    return 1 - 2 * dot / norms.clamp_min(1e-8)
+
+
+def distance_map(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """The student-teacher distance over channels, per pixel: (B, 1, H, W)."""
+    if kind == "dice":
+        return dice_distance(student, teacher, 1).unsqueeze(1)
+    return cosine_distance_map(student, teacher)
+
+
 class RD2T(nn.Module):
     def __init__(self, config: Config, pretrained: bool | None = None):
         super().__init__()
@@ -92,14 +107,17 @@ class RD2T(nn.Module):
         return [[head(d) for head, d in zip(heads, decoded, strict=True)] for heads in self.heads]
 
     def loss(self, features: Features, predictions: Features) -> torch.Tensor:
-        """Sum over teachers and scales of 1 - cosine (flattened per sample, or per pixel)."""
-        total = 0.0
+        """Sum over teachers and scales of the distance (config.distance: 1 - cosine, or 1 - Dice), of each
+        map flattened per sample (config.loss "flat") or per pixel."""
+        total, kind = 0.0, self.config.distance
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
-                if self.config.loss == "flat":
+                if self.config.loss == "flat" and kind == "dice":
+                    total = total + dice_distance(s.flatten(1), t.flatten(1), 1).mean()
+                elif self.config.loss == "flat":
                     total = total + (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
                 else:
-                    total = total + cosine_distance_map(s, t).mean()
+                    total = total + distance_map(s, t, kind).mean()
         return total
 
     def term_maps(
@@ -113,11 +131,11 @@ class RD2T(nn.Module):
         return maps
 
     def student_map(self, features: Features, predictions: Features, size: tuple[int, int]) -> torch.Tensor:
-        """(B, 1, H, W), blurred: the sum over teachers and scales of upsampled 1 - cosine."""
+        """(B, 1, H, W), blurred: the sum over teachers and scales of the upsampled per-pixel distance."""
         amap = 0.0
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
-                d = cosine_distance_map(s, t)
+                d = distance_map(s, t, self.config.distance)
                 amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
         return self.blur(amap)
 
