@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 from rd2t.data import mvtec
 from rd2t.data.transforms import to_model_input
-from rd2t.model.memory_bank import MemoryBank
+from rd2t.model.memory_bank import MemoryBank, patch_embedding
 from rd2t.model.network import GaussianBlur
 from rd2t.model.teachers import Teacher
 from rd2t.training.loop import load_training_images
@@ -60,17 +60,10 @@ def level_norms(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([F.interpolate(n, size=(SIZE, SIZE), mode="bilinear") for n in norms], 1)
 
 
-def knn_embedding(features: list[torch.Tensor], pool: int) -> torch.Tensor:
-    """memory_bank.patch_embedding at stride 8 with a `pool` x `pool` average instead of 3 x 3."""
-    fine, coarse = (F.avg_pool2d(f.float(), pool, 1, pool // 2) for f in features[1:3])
-    coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([fine, coarse], 1)
-
-
 @torch.no_grad()
 def knn_maps(train: list[torch.Tensor], test: list[torch.Tensor], pool: int, batch: int = 64) -> torch.Tensor:
     def embed(feats: list[torch.Tensor], i: int, n: int) -> torch.Tensor:
-        return knn_embedding([f[i : i + n] for f in feats], pool)
+        return patch_embedding([f[i : i + n] for f in feats], 8, pool)
 
     n_train = len(train[0])
     patches = torch.cat(

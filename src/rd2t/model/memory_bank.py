@@ -37,11 +37,12 @@ PROJECTION_DIMS = 128  # PatchCore's random projection for the k-center distance
 LEVEL_OF_STRIDE = {4: 0, 8: 1}  # a teacher's feature list starts at stride 4
 
 
-def patch_embedding(features: list[torch.Tensor], stride: int = 8) -> torch.Tensor:
+def patch_embedding(features: list[torch.Tensor], stride: int = 8, pool: int = 3) -> torch.Tensor:
     """(B, C + C', H/stride, W/stride): one teacher's features at `stride` and the next level up, upsampled,
-    each 3x3-averaged (PatchCore's recipe; its levels are strides 8 + 16, `stride=4` takes 4 + 8)."""
+    each pool x pool-averaged (PatchCore's recipe: 3 x 3, levels at strides 8 + 16; `stride=4` takes 4 + 8;
+    a wider `pool` only in benchmarks/teacher_terms.py, round 14)."""
     level = LEVEL_OF_STRIDE[stride]
-    fine, coarse = (F.avg_pool2d(f.float(), 3, 1, 1) for f in features[level : level + 2])
+    fine, coarse = (F.avg_pool2d(f.float(), pool, 1, pool // 2) for f in features[level : level + 2])
     coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([fine, coarse], 1)
 
