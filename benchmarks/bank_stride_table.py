@@ -5,6 +5,7 @@ with --max first, round 6's: the z-scored sum (the default) against the terms sc
 .venv/bin/python benchmarks/bank_stride_table.py --max docs/measured/bank_stride_max/*.json
 .venv/bin/python benchmarks/bank_stride_table.py --thr docs/measured/bank_thr/*.json     # round 10
 .venv/bin/python benchmarks/bank_stride_table.py --excess docs/measured/round11/*.json   # round 11
+.venv/bin/python benchmarks/bank_stride_table.py --versus dice docs/measured/round15/*.json  # round 15
 """
 
 from __future__ import annotations
@@ -110,7 +111,38 @@ def excess_table(paths: list[str]) -> None:
     set_rows(runs, EXCESS_RULES, spread=True)
 
 
+# The screen of rounds 14-15 (docs/measured/round15/rule_written_before.txt): minimum differences, in points,
+# of image AUROC / pixel AUROC / AU-PRO on magnetic tile, and of pixel AUROC / AU-PRO elsewhere.
+SCREEN_MT = {"image_auroc": -0.3, "pixel_auroc": 1.0, "au_pro": -0.5}
+SCREEN_ELSEWHERE = {"pixel_auroc": -0.05, "au_pro": -0.1}
+
+
+def versus_table(suffix: str, paths: list[str]) -> None:
+    """Each X.json against its X_<suffix>.json (a candidate trained like X but for one setting): the plain
+    model and the default's map (auto_max), the candidate's differences, uneven's AU-PRO where the set has
+    it, and the screen's verdict on the default's map."""
+    print("| set | model | plain | default (bank) | default minus baseline | uneven AU-PRO plain / default |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(p for p in paths if not Path(p).stem.endswith("_" + suffix)):
+        candidate_path = Path(path).with_name(f"{Path(path).stem}_{suffix}.json")
+        if not candidate_path.exists():
+            continue
+        base, cand = json.loads(Path(path).read_text()), json.loads(candidate_path.read_text())
+        screen = SCREEN_MT if Path(path).stem.startswith("mt") else SCREEN_ELSEWHERE
+        diff = {k: 100 * (cand["auto_max"][k] - base["auto_max"][k]) for k in FIGURES}
+        verdict = "passes" if all(diff[k] >= low for k, low in screen.items()) else "fails"
+        for name, r in (("baseline", base), (suffix, cand)):
+            uneven = [r[k].get("per_defect", {}).get("uneven") for k in ("plain", "auto_max")]
+            row = [Path(path).stem, name, cell(r["plain"], share=False)]
+            row += [cell(r["auto_max"], share=False) + f" (s{r['auto_max']['stride']})"]
+            row += [" / ".join(f"{diff[k]:+.2f}" for k in FIGURES) + f", {verdict}" if r is cand else ""]
+            row += [" / ".join(f"{100 * u['au_pro']:.1f}" for u in uneven) if all(uneven) else ""]
+            print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
+    if sys.argv[1] == "--versus":
+        return versus_table(sys.argv[2], sys.argv[3:])
     if sys.argv[1] == "--max":
         return max_table(sys.argv[2:])
     if sys.argv[1] == "--thr":
