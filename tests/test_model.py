@@ -8,7 +8,7 @@ from PIL import Image
 from rd2t.config import PRESETS, Config, preset
 from rd2t.errors import ConfigError, WeightsError
 from rd2t.model.fusion import IAFF, MSCAM
-from rd2t.model.network import RD2T, GaussianBlur, distance_map
+from rd2t.model.network import RD2T, GaussianBlur, distance
 from rd2t.model.teachers import Teacher, build_classifier
 
 SMALL = 64  # shapes scale with the input; 64 px keeps the WideResNet presets quick on 2 cores
@@ -127,12 +127,12 @@ def test_dice_distance_is_cosine_where_norms_agree_and_counts_a_change_of_streng
     t = torch.randn(2, 16, 5, 5, generator=g)
     s = torch.randn(2, 16, 5, 5, generator=g)
     s_same_norm = s / s.norm(dim=1, keepdim=True) * t.norm(dim=1, keepdim=True)
-    cosine = distance_map(s_same_norm, t, "cosine")
-    assert torch.allclose(distance_map(s_same_norm, t, "dice"), cosine, atol=1e-5)
-    assert float(distance_map(t, t, "dice").abs().max()) < 1e-6
+    cosine = distance(s_same_norm, t, "cosine")
+    assert torch.allclose(distance(s_same_norm, t, "dice"), cosine, atol=1e-5)
+    assert float(distance(t, t, "dice").abs().max()) < 1e-6
     for strength in (0.5, 1.5, 3.0):  # same direction: cosine 0, dice (1 - a)^2 / (1 + a^2)
-        d = distance_map(strength * t, t, "dice")
-        assert float(distance_map(strength * t, t, "cosine").abs().max()) < 1e-5
+        d = distance(strength * t, t, "dice")
+        assert float(distance(strength * t, t, "cosine").abs().max()) < 1e-5
         assert torch.allclose(d, torch.full_like(d, (1 - strength) ** 2 / (1 + strength**2)), atol=1e-5)
     model = RD2T(preset("offline", pretrained=False, image_size=SMALL, distance="dice")).eval()
     feats = model.teacher_features(torch.rand(2, 3, SMALL, SMALL))

@@ -39,24 +39,14 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.kernel_v)
 
 
-def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """1 - cosine over channels, per pixel: (B, 1, H, W)."""
-    return 1 - F.cosine_similarity(student, teacher, dim=1).unsqueeze(1)
-
-
-def dice_distance(student: torch.Tensor, teacher: torch.Tensor, dim: int) -> torch.Tensor:
-    """1 - 2 s.t / (|s|^2 + |t|^2) over `dim`: 1 - cosine where the norms agree, more where they do not, so a
-    feature rebuilt in the right direction but at the wrong strength still counts (config.distance)."""
-    dot = (student * teacher).sum(dim)
-    norms = student.pow(2).sum(dim) + teacher.pow(2).sum(dim)
-    return 1 - 2 * dot / norms.clamp_min(1e-8)
-
-
-def distance_map(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
-    """The student-teacher distance over channels, per pixel: (B, 1, H, W)."""
+def distance(student: torch.Tensor, teacher: torch.Tensor, kind: str, dim: int = 1) -> torch.Tensor:
+    """1 - cosine over `dim` (channels at each pixel, or a whole flattened map); with `kind` "dice"
+    (config.distance) 1 - 2 s.t / (|s|^2 + |t|^2) instead: 1 - cosine where the norms agree, more where they
+    do not, so a feature rebuilt in the right direction but at the wrong strength still counts."""
     if kind == "dice":
-        return dice_distance(student, teacher, 1).unsqueeze(1)
-    return cosine_distance_map(student, teacher)
+        norms = student.pow(2).sum(dim) + teacher.pow(2).sum(dim)
+        return 1 - 2 * (student * teacher).sum(dim) / norms.clamp_min(1e-8)
+    return 1 - F.cosine_similarity(student, teacher, dim=dim)
 
 
 class RD2T(nn.Module):
@@ -112,12 +102,9 @@ class RD2T(nn.Module):
         total, kind = 0.0, self.config.distance
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
-                if self.config.loss == "flat" and kind == "dice":
-                    total = total + dice_distance(s.flatten(1), t.flatten(1), 1).mean()
-                elif self.config.loss == "flat":
-                    total = total + (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
-                else:
-                    total = total + distance_map(s, t, kind).mean()
+                if self.config.loss == "flat":
+                    s, t = s.flatten(1), t.flatten(1)
+                total = total + distance(s, t, kind).mean()
         return total
 
     def term_maps(
@@ -135,7 +122,7 @@ class RD2T(nn.Module):
         amap = 0.0
         for t_feats, s_feats in zip(features, predictions, strict=True):
             for t, s in zip(t_feats, s_feats, strict=True):
-                d = distance_map(s, t, self.config.distance)
+                d = distance(s, t, self.config.distance).unsqueeze(1)
                 amap = amap + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
         return self.blur(amap)
 
