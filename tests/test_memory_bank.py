@@ -524,6 +524,41 @@ def test_labelled_defects_the_threshold_misses_are_counted_with_the_cost_of_catc
     assert hint == f"--threshold-rule youden would set {best:.4f}: {counts}"
 
 
+def test_a_finished_run_resumed_with_labelled_defects_chooses_on_them_without_training_again(
+    texture_set, tmp_path, capfd
+):
+    """The station's loop: a model trained on good images alone, then the defects confirmed at the line
+    given to `rd2t train --resume --val-defects` on the same --out. No epoch runs again; the memory bank's
+    stride and sum-or-maximum are chosen on the labelled images and youden places the threshold: the same
+    model as a run that had the defects from the start."""
+    from rd2t.cli import main
+
+    val = _labelled_copy(texture_set, tmp_path / "val", True)
+    later, first = tmp_path / "later", tmp_path / "first"
+    args = ["train", str(texture_set), "--epochs", "1", "--image-size", str(SIZE), "--batch-size", "4"]
+    args += ["--device", "cpu", "--memory-bank", "0.05"]
+    with_defects = ["--val-defects", str(val), "--threshold-rule", "youden"]
+    assert main([*args, "--out", str(later)]) == 0
+    good_only, good_only_ckpt = load_model(later / "model.pt")
+    assert good_only_ckpt.calibration.rule == "mean+3std" and not good_only_ckpt.calibration.defect_scores
+    capfd.readouterr()
+    assert main([*args, "--out", str(later), "--resume", *with_defects]) == 0
+    out, err = capfd.readouterr()
+    assert "no epoch left to train; memory bank and threshold made anew in " in out
+    assert [(s, c) for s, c, *_ in choice_lines(err)] == [(8, "sum"), (8, "max"), (4, "sum"), (4, "max")]
+    assert all(on == "6 labelled defects and 2 held-out good images" for *_, on in choice_lines(err))
+    model, ckpt = load_model(later / "model.pt")
+    # the student is the first run's, to the bit; only the memory bank and the threshold are made anew
+    for k, v in good_only.state_dict().items():
+        assert k.startswith("memory_bank") or torch.equal(v, model.state_dict()[k]), k
+    assert ckpt.history == good_only_ckpt.history and ckpt.calibration.rule == "youden"
+    assert len(ckpt.calibration.defect_scores) == 6
+    assert main([*args, "--out", str(first), *with_defects]) == 0
+    fresh, fresh_ckpt = load_model(first / "model.pt")
+    assert model.config == fresh.config and ckpt.calibration.to_dict() == fresh_ckpt.calibration.to_dict()
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_labelled_defects_without_masks_need_ten_held_out_images(texture_set, tmp_path, capfd):
     """Image labels only are told apart by image AUROC, which 2 held-out good images cannot give: painted
     pseudo-defects choose instead (said once), the combination stays the sum, and the report still comes."""

@@ -150,8 +150,12 @@ def train(
     from rd2t.model.checkpoint import Checkpoint
 
     base: Config | str = preset_name
+    finished = False  # resuming a run whose epochs are all done: only the bank and threshold are made
     if resume and (out / "last.pt").exists():  # flags given now must agree with the checkpoint
-        base = Checkpoint.load(out / "last.pt").config
+        last = Checkpoint.load(out / "last.pt")
+        base, finished = last.config, last.complete
+        if val_defects is not None:  # they choose again what training chose on painted images
+            base = base.with_bank_choices_open()
     cfg = _resolve_config(
         base,
         config_file,
@@ -190,7 +194,11 @@ def train(
         return
     atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")
     cal = det.calibration
-    typer.echo(f"trained {det.config.epochs} epochs in {time.time() - t0:.0f}s -> {det.checkpoint_path}")
+    done = f"trained {det.config.epochs} epochs"
+    if finished:
+        done = "no epoch left to train; " + ("memory bank and " if det.config.memory_bank > 0 else "")
+        done += "threshold made anew"
+    typer.echo(f"{done} in {time.time() - t0:.0f}s -> {det.checkpoint_path}")
     typer.echo(f"threshold {cal.threshold:.4f} ({cal.rule} of {len(cal.scores)} {cal.source} scores)")
 
 

@@ -209,6 +209,16 @@ class Config:
     def part_of(name: str) -> str:
         return next(f.metadata["part"] for f in dataclasses.fields(Config) if f.name == name)
 
+    def with_bank_choices_open(self) -> Config:
+        """This config with the memory bank's choices open again (bank_stride 0, bank_combine "chosen") where
+        its preset leaves them to training. A finished checkpoint records what training chose; labelled
+        defects given to the resumed run (`rd2t train --resume --val-defects`) choose again."""
+        if self.memory_bank <= 0 or self.preset not in PRESETS:
+            return self
+        made_by_training = {"bank_stride": 0, "bank_combine": "chosen"}
+        base = PRESETS[self.preset][1]
+        return self.replace(**{k: v for k, v in made_by_training.items() if getattr(base, k) == v})
+
     def conflicts(self, other: Config, allowed: tuple[str, ...] = ("epochs",)) -> list[str]:
         """Model and training fields where `other` differs (runtime fields never conflict)."""
         return [

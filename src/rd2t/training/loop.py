@@ -584,7 +584,9 @@ def train(
             stored = stored.replace(bank_stride=0)
         if config.bank_combine == "chosen":
             stored = stored.replace(bank_combine="chosen")
-        conflicts = stored.conflicts(config)
+        # the threshold rule acts only once the epochs are done, so a resumed run may take another (the
+        # station's loop: a finished run resumed with --val-defects and youden)
+        conflicts = stored.conflicts(config, allowed=("epochs", "threshold_rule"))
         if conflicts:
             raise ConfigError(
                 f"{last_path}: --resume with settings that differ from the checkpoint "
@@ -593,6 +595,7 @@ def train(
         config = stored.replace(
             device=config.device,
             epochs=config.epochs,
+            threshold_rule=config.threshold_rule,
             cache=config.cache,
             checkpoint_every_s=config.checkpoint_every_s,
         )
