@@ -150,10 +150,10 @@ def train(
     from rd2t.model.checkpoint import Checkpoint
 
     base: Config | str = preset_name
-    finished = False  # resuming a run whose epochs are all done: only the bank and threshold are made
+    done_before = 0  # epochs the resumed checkpoint holds: none left means only the bank and threshold
     if resume and (out / "last.pt").exists():  # flags given now must agree with the checkpoint
         last = Checkpoint.load(out / "last.pt")
-        base, finished = last.config, last.complete
+        base, done_before = last.config, last.epoch
         if val_defects is not None:  # they choose again what training chose on painted images
             base = base.with_bank_choices_open()
     cfg = _resolve_config(
@@ -195,7 +195,7 @@ def train(
     atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")
     cal = det.calibration
     done = f"trained {det.config.epochs} epochs"
-    if finished:
+    if done_before >= det.config.epochs:
         done = "no epoch left to train; " + ("memory bank and " if det.config.memory_bank > 0 else "")
         done += "threshold made anew"
     typer.echo(f"{done} in {time.time() - t0:.0f}s -> {det.checkpoint_path}")
