@@ -13,9 +13,9 @@ on the teachers alone, without training anything:
    tile, so a wider average (`--knn-pool 3,5,7`) might see them better. Each aggregation gets its own bank:
    1 % of every training patch, greedy coreset (MemoryBank.fit), distances blurred as the model does.
 
-Pixel AUROC per defect type (that type's images plus every good test image), at the 256 px input
-resolution, not the original one: these rank the ideas, they are not comparable with the tables at the
-original resolution.
+Pixel AUROC per defect type (that type's images plus every good test image; rd2t's exact metric over every
+pixel, masks shrunk keeping any covered pixel), at the 256 px input resolution, not the original one: these
+rank the ideas, they are not comparable with the tables at the original resolution.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/teacher_terms.py ../shared/data/magnetic_tile --knn-pool 3,7
 """
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bank_rules import test_set  # benchmarks/ is on the path when a script runs
-from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from rd2t.data import mvtec
+from rd2t.data.images import resize_mask
 from rd2t.data.transforms import to_model_input
+from rd2t.evaluation.metrics import pixel_auroc
 from rd2t.model.memory_bank import MemoryBank, patch_embedding
 from rd2t.model.network import GaussianBlur
 from rd2t.model.teachers import Teacher
@@ -44,7 +44,6 @@ SIZE = 256
 TEACHERS = ("tf_efficientnet_lite2", "tf_efficientnet_lite0")  # offline's two; the bank uses the first
 BANK_SHARE = 0.01  # offline's memory_bank
 SIGMA = 4.0  # offline's blur
-MAX_PIXELS = 2_000_000  # AUROC on a fixed random subsample of pixels: the rank statistic barely moves
 
 
 @torch.no_grad()
@@ -79,14 +78,6 @@ def knn_maps(train: list[torch.Tensor], test: list[torch.Tensor], pool: int, bat
     return torch.cat(maps)
 
 
-def pixel_auroc(scores: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator) -> float:
-    y, s = masks.flatten().numpy(), scores.flatten().numpy()
-    if len(y) > MAX_PIXELS:
-        keep = rng.choice(len(y), MAX_PIXELS, replace=False)
-        y, s = y[keep], s[keep]
-    return float(roc_auc_score(y, s))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root")
@@ -99,9 +90,7 @@ def main() -> None:
     train_paths = [s.path for s in mvtec(a.root, a.category).train]
     images, _ = load_training_images(train_paths, SIZE, False)
     test, _, test_images, masks = test_set(a.root, a.category, SIZE)
-    masks = torch.from_numpy(
-        np.stack([np.array(Image.fromarray(m).resize((SIZE, SIZE), Image.NEAREST)) for m in masks])
-    )
+    masks = [resize_mask(m, (SIZE, SIZE)) for m in masks]  # shrinking keeps any covered pixel
     teachers = [Teacher(name) for name in TEACHERS]
     train_feats = [teacher_features(t, images) for t in teachers]
     test_feats = [teacher_features(t, test_images) for t in teachers]
@@ -125,8 +114,8 @@ def main() -> None:
     for name, score in terms.items():
         row = {}
         for col in columns:
-            sel = torch.from_numpy(good | (~good if col == "all" else types == col))
-            row[col] = pixel_auroc(score[sel], masks[sel], np.random.default_rng(0))
+            keep = np.flatnonzero(good | (~good if col == "all" else types == col))
+            row[col] = pixel_auroc([masks[i] for i in keep], [score[i].numpy() for i in keep])
         table[name] = row
         print(f"{name:28s} " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
     print(f"{len(train_paths)} training images, {len(test)} test images, {time.time() - t0:.0f} s")
