@@ -20,9 +20,10 @@ FIGURES = ("image_auroc", "pixel_auroc", "au_pro")
 
 
 def cell(f: dict, stride: int | None = None, share: bool = True) -> str:
-    figures = " / ".join(f"{100 * f[k]:.2f}" for k in FIGURES)
-    extra = f" (s{stride}, {f['share']:.1f})" if stride else f" ({f['share']:.1f})"
-    return f"{figures}, {f['false_alarms']} / {f['misses']}" + (extra if share else "")
+    figures = f"{' / '.join(f'{100 * f[k]:.2f}' for k in FIGURES)}, {f['false_alarms']} / {f['misses']}"
+    if not share:  # results without a share (a plain model's, a saved-terms script's) have none to show
+        return figures
+    return figures + (f" (s{stride}, {f['share']:.1f})" if stride else f" ({f['share']:.1f})")
 
 
 def max_table(paths: list[str]) -> None:
@@ -111,10 +112,16 @@ def excess_table(paths: list[str]) -> None:
     set_rows(runs, EXCESS_RULES, spread=True)
 
 
-# The screen of rounds 14-15 (docs/measured/round15/rule_written_before.txt): minimum differences, in points,
-# of image AUROC / pixel AUROC / AU-PRO on magnetic tile, and of pixel AUROC / AU-PRO elsewhere.
+# The screen of rounds 14-15 (docs/measured/round1{4,5}/*rule_written_before.txt): minimum differences, in
+# points, of image AUROC / pixel AUROC / AU-PRO on magnetic tile, and of pixel AUROC / AU-PRO elsewhere.
 SCREEN_MT = {"image_auroc": -0.3, "pixel_auroc": 1.0, "au_pro": -0.5}
 SCREEN_ELSEWHERE = {"pixel_auroc": -0.05, "au_pro": -0.1}
+
+
+def passes_screen(diff: dict[str, float], magnetic_tile: bool) -> bool:
+    """Whether differences in points (image_auroc, pixel_auroc, au_pro) meet the screen's minimums."""
+    screen = SCREEN_MT if magnetic_tile else SCREEN_ELSEWHERE
+    return all(diff[k] >= low for k, low in screen.items())
 
 
 def versus_table(suffix: str, paths: list[str]) -> None:
@@ -128,9 +135,8 @@ def versus_table(suffix: str, paths: list[str]) -> None:
         if not candidate_path.exists():
             continue
         base, cand = json.loads(Path(path).read_text()), json.loads(candidate_path.read_text())
-        screen = SCREEN_MT if Path(path).stem.startswith("mt") else SCREEN_ELSEWHERE
         diff = {k: 100 * (cand["auto_max"][k] - base["auto_max"][k]) for k in FIGURES}
-        verdict = "passes" if all(diff[k] >= low for k, low in screen.items()) else "fails"
+        verdict = "passes" if passes_screen(diff, Path(path).stem.startswith("mt")) else "fails"
         for name, r in (("baseline", base), (suffix, cand)):
             uneven = [r[k].get("per_defect", {}).get("uneven") for k in ("plain", "auto_max")]
             row = [Path(path).stem, name, cell(r["plain"], share=False)]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from bank_rules import saved_default_terms, test_figures, test_set  # benchmarks/ on the path
+from bank_stride_table import FIGURES, cell, passes_screen
 
 from rd2t.model.memory_bank import good_peaks
 
@@ -41,21 +42,14 @@ def table(files: list[str], share: str = "0.25") -> None:
     for name in files:
         mix = json.loads(Path(name).read_text())["mix"]
         base, cand = mix["0.0"], mix[share]
-        d = {k: 100 * (cand[k] - base[k]) for k in ("image_auroc", "pixel_auroc", "au_pro")}
-        if Path(name).name.startswith("mt_"):
-            errors = base["false_alarms"] + base["misses"]
-            ok = d["pixel_auroc"] >= 1.0 and d["image_auroc"] >= -0.3 and d["au_pro"] >= -0.5
-            ok = ok and cand["false_alarms"] + cand["misses"] <= errors
-        else:
-            ok = d["au_pro"] >= -0.1 and d["pixel_auroc"] >= -0.05
-
-        def fig(f: dict) -> str:
-            return " / ".join(f"{100 * f[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "au_pro")) + (
-                f", {f['false_alarms']} / {f['misses']}"
-            )
-
+        d = {k: 100 * (cand[k] - base[k]) for k in FIGURES}
+        magnetic_tile = Path(name).name.startswith("mt_")
+        ok = passes_screen(d, magnetic_tile)
+        if magnetic_tile:  # this rule also asks for no more false alarms + misses there
+            ok = ok and cand["false_alarms"] + cand["misses"] <= base["false_alarms"] + base["misses"]
         delta = " / ".join(f"{v:+.2f}" for v in d.values())
-        print(f"| {Path(name).stem} | {fig(base)} | {fig(cand)} | {delta} | {'pass' if ok else 'FAIL'} |")
+        figures = [cell(f, share=False) for f in (base, cand)]
+        print("| " + " | ".join([Path(name).stem, *figures, delta, "pass" if ok else "FAIL"]) + " |")
 
 
 def main() -> None:
