@@ -16,6 +16,8 @@ from rd2t.calibration import RULES_HELP, parse_rule
 from rd2t.errors import ConfigError
 
 MODEL, TRAINING, RUNTIME = "model", "training", "runtime"
+# Values that ask training to choose (on painted or labelled defects); the checkpoint records the choice made.
+CHOSEN_BY_TRAINING = {"bank_stride": 0, "bank_combine": "chosen"}
 
 
 def _f(default, part: str, help: str = ""):
@@ -215,9 +217,8 @@ class Config:
         defects given to the resumed run (`rd2t train --resume --val-defects`) choose again."""
         if self.memory_bank <= 0 or self.preset not in PRESETS:
             return self
-        made_by_training = {"bank_stride": 0, "bank_combine": "chosen"}
         base = PRESETS[self.preset][1]
-        return self.replace(**{k: v for k, v in made_by_training.items() if getattr(base, k) == v})
+        return self.replace(**{k: v for k, v in CHOSEN_BY_TRAINING.items() if getattr(base, k) == v})
 
     def conflicts(self, other: Config, allowed: tuple[str, ...] = ("epochs",)) -> list[str]:
         """Model and training fields where `other` differs (runtime fields never conflict)."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rd2t.calibration import Calibration, map_range_from, parse_rule, threshold_from_scores, youden
-from rd2t.config import Config
+from rd2t.config import CHOSEN_BY_TRAINING, Config
 from rd2t.data.datasets import Sample
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import to_model_input, to_uint8_tensor
@@ -579,11 +579,8 @@ def train(
     if state is not None:
         # a finished run's last.pt records the bank stride and combination it chose; a request to choose
         # (stride 0, "chosen") matches it
-        stored = state.config
-        if config.bank_stride == 0:
-            stored = stored.replace(bank_stride=0)
-        if config.bank_combine == "chosen":
-            stored = stored.replace(bank_combine="chosen")
+        asked = {k: v for k, v in CHOSEN_BY_TRAINING.items() if getattr(config, k) == v}
+        stored = state.config.replace(**asked)
         # the threshold rule acts only once the epochs are done, so a resumed run may take another (the
         # station's loop: a finished run resumed with --val-defects and youden)
         conflicts = stored.conflicts(config, allowed=("epochs", "threshold_rule"))
