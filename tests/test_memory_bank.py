@@ -18,7 +18,7 @@ from rd2t.inference.export import export_onnx
 from rd2t.inference.onnx_runtime import OnnxDetector
 from rd2t.inference.predictor import Predictor
 from rd2t.model.loading import load_model
-from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
+from rd2t.model.memory_bank import MemoryBank, between_image_share, greedy_coreset, patch_embedding
 from rd2t.model.network import RD2T
 from rd2t.training.loop import (
     choose_bank_share,
@@ -75,6 +75,17 @@ def test_bank_keeps_at_most_max_kept_patches(monkeypatch):
     assert bank.patches.shape == (4, 8)
     bank.fit(x, 0.0025)
     assert bank.patches.shape == (2, 8)
+
+
+def test_between_image_share_is_the_part_of_the_variance_carried_by_each_images_level():
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(40, 1, 16, 16, generator=g)
+    levels = 3 * torch.randn(40, 1, 1, 1, generator=g)
+    steady, moving = between_image_share(pixels), between_image_share(pixels + levels)
+    assert steady < 0.02  # the medians of 256 unit-variance pixels vary by ~1/256 of the pixel variance
+    assert 0.85 < moving < 0.95  # levels of variance 9 over pixels of variance 1: 9 / 10
+    # a z-score (what the bank applies) does not change it: it is a ratio of variances
+    assert between_image_share(5 * (pixels + levels) - 2) == pytest.approx(moving, rel=1e-6)
 
 
 def test_config_refuses_bad_shares():

@@ -76,6 +76,15 @@ def combine_terms(student: torch.Tensor, knn: torch.Tensor, how: str = "sum") ->
     return torch.maximum(student, knn) if how == "max" else student + knn
 
 
+def between_image_share(maps: torch.Tensor) -> float:
+    """(N, ...) maps of good images -> the share of their pixel variance that lies between images: the
+    variance of the per-image medians over the variance of all pixels. A term whose level moves from one
+    good image to the next (the student's on magnetic tile, 0.23; bottle 0.009) ranks pixels of different
+    images by their image, not by what is there (docs/ablations.md, rounds 14 and 16)."""
+    x = maps.flatten(1).double()
+    return float(x.median(1).values.var() / x.flatten().var().clamp_min(1e-12))
+
+
 def good_peaks(terms: torch.Tensor) -> torch.Tensor:
     """(N, 2, H, W) standardised term maps of good images -> (2,): each term's mean per-image maximum, the
     divisor of `bank_scale = max` (the image score and the threshold live in a map's peaks)."""

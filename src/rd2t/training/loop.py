@@ -38,7 +38,14 @@ from rd2t.inference.predictor import Predictor
 from rd2t.inference.tiling import Tiler
 from rd2t.model.checkpoint import Checkpoint, save_teachers
 from rd2t.model.loading import resolve_device
-from rd2t.model.memory_bank import MAX_CANDIDATES, MemoryBank, combine_terms, good_peaks, patch_embedding
+from rd2t.model.memory_bank import (
+    MAX_CANDIDATES,
+    MemoryBank,
+    between_image_share,
+    combine_terms,
+    good_peaks,
+    patch_embedding,
+)
 from rd2t.model.network import RD2T, Features
 from rd2t.training import distributed as ddp
 from rd2t.training.cache import FeatureCache
@@ -316,6 +323,11 @@ def fit_memory_bank(
     unit = "tiles" if tiled else "images"
     fitted = {}  # (stride, combine) -> (criteria, share, bank)
     good_terms = terms_of(held_out)
+    between = between_image_share(good_terms[0])
+    print(
+        f"memory bank: {between:.3f} of the student term's pixel variance lies between held-out good {unit}",
+        file=sys.stderr,
+    )
     painted_terms = terms_of(painted) if choose else None
     labelled_terms = terms_of(defects.images) if choose and defects is not None else None
     for stride, bank in banks.items():
