@@ -105,7 +105,7 @@ def station(trained_cli_model, texture_set, tmp_path_factory):
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        client.base = base
+        client.base, client.images = base, folder / "images"
         yield client
     finally:
         client.close()
@@ -297,5 +297,39 @@ def test_review_path(station, browser, screenshots):
     with zipfile.ZipFile(download.value.path()) as zf:
         assert zf.namelist() == [f"defect/{confirmed['id']:08d}_{confirmed['image_sha256'][:12]}.png"]
     page.screenshot(path=str(screenshots / "model.png"), full_page=True, animations="disabled")
+    page.close()
+    assert not errors, errors
+
+
+def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(station, browser):
+    """A line months in: 150k reviewed parts. Their scores are the page's data; spreading that many into one
+    Math.min call overflows V8's stack (a RangeError, and no chart). The page draws and counts them all.
+    Runs last: the rows stay in the module's station."""
+    import datetime
+
+    import sqlalchemy as sa
+
+    from rd2t.service import db
+
+    before = len(station.get("/v1/threshold/analysis").json()["reviewed_good"])
+    many, rng = 150_000, np.random.default_rng(0)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    row = dict(time=now, decision="pass", threshold=1.0, model_id="m", model_name="m", model_version="1")
+    row |= dict(decode_ms=0.0, model_ms=0.0, total_ms=0.0, image_sha256="0" * 64, image_type="png")
+    row |= dict(image_path="x", overlay_path="x", thumb_path="x", width=1, height=1)
+    row |= dict(review_state="confirmed_good")
+    engine = sa.create_engine(f"sqlite:///{station.images / 'rd2t.sqlite'}")
+    with engine.begin() as conn:  # what a station that reviewed them would hold: one row per part
+        conn.execute(db.inspections.insert(), [{**row, "score": float(v)} for v in rng.uniform(0, 2, many)])
+    engine.dispose()
+    errors: list = []
+    page = new_page(browser, errors)
+    sign_in(page, station.base, TOKEN, "/threshold")
+    page.wait_for_url(station.base + "/threshold")
+    slider = page.locator("#slider")
+    slider.focus()
+    page.keyboard.press("Home")  # lowest value: every reviewed good part would be flagged
+    total = before + many
+    sync_api.expect(page.locator("#rate-revgood")).to_have_text(f"{total} of {total} (100.0 %)")
     page.close()
     assert not errors, errors

@@ -15,7 +15,8 @@ let current = data.current;
 
 // The score range shown: every score and the threshold, with a margin on both sides.
 const all = [current, ...SERIES.flatMap((s) => data[s.key])];
-let lo = Math.min(...all), hi = Math.max(...all);
+// A loop, not Math.min(...all): spreading more than ~100k reviewed scores overflows the call stack.
+let lo = all.reduce((a, b) => Math.min(a, b)), hi = all.reduce((a, b) => Math.max(a, b));
 const pad = (hi - lo) * 0.1 || Math.abs(hi) * 0.5 || 1;
 lo = Math.max(0, lo - pad);
 hi += pad;
