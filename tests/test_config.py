@@ -88,5 +88,6 @@ def test_train_writes_resolved_config_and_resume_refuses_contradicting_flags(tex
     assert rc == 2 and "image_size: 64 vs 96" in err and "last.pt" in err
     # Flags that agree (or only extend the run) are fine; the checkpoint's other settings are kept.
     assert main(["train", str(texture_set), "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert "trained 1 more epoch (2 in all) in " in capsys.readouterr().out  # this call's, not the total
     resumed = Checkpoint.load(out / "model.pt")
     assert resumed.epoch == 2 and resumed.config.sigma == 2.0 and resumed.config.image_size == 64

@@ -194,7 +194,9 @@ def train(
         return
     atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")
     cal = det.calibration
-    done = f"trained {det.config.epochs} epochs"
+    done, left = f"trained {det.config.epochs} epochs", det.config.epochs - done_before
+    if 0 < done_before < det.config.epochs:  # resumed: what this call trained, not the run's total
+        done = f"trained {left} more epoch{'s' * (left != 1)} ({det.config.epochs} in all)"
     if done_before >= det.config.epochs:
         done = "no epoch left to train; " + ("memory bank and " if det.config.memory_bank > 0 else "")
         done += "threshold made anew"
