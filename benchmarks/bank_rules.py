@@ -45,7 +45,7 @@ from rd2t.calibration import threshold_from_scores
 from rd2t.data import load_image, load_mask, mvtec
 from rd2t.data.pseudo_defects import paint_pseudo_defects
 from rd2t.data.transforms import resize_map, to_model_input, to_uint8_tensor
-from rd2t.evaluation.metrics import Evaluator
+from rd2t.evaluation.metrics import Evaluator, pixel_auroc
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import model_from
 from rd2t.training.loop import (
@@ -107,6 +107,18 @@ def saved_default_terms(stride_json: str, terms_dir: str) -> tuple[dict, int, to
     stride = int(result["auto_max"]["stride"])
     saved = torch.load(Path(terms_dir) / f"stride{stride}.pt")
     return result, stride, saved["good"].float(), saved["terms"].float()
+
+
+def pixel_auroc_by_type(test: list, masks: list, maps: torch.Tensor) -> dict[str, float]:
+    """Pixel AUROC over every pixel of all defective images ("all") and of each defect type, each with every
+    good test image; masks and (N, H, W) maps at one resolution (the diagnostics' 256 px)."""
+    types = np.array([s.defect_type for s in test])
+    good = np.array([not s.label for s in test])
+    out = {}
+    for col in ["all", *sorted(set(types[~good]))]:
+        keep = np.flatnonzero(good | (~good if col == "all" else types == col))
+        out[col] = pixel_auroc([masks[i] for i in keep], [maps[i].numpy() for i in keep])
+    return out
 
 
 def test_figures(maps, val_maps, test, sizes, masks) -> dict:

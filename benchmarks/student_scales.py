@@ -22,14 +22,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from bank_rules import test_set  # benchmarks/ is on the path when a script runs
+from bank_rules import pixel_auroc_by_type, test_set  # benchmarks/ is on the path when a script runs
 
 from rd2t.data.images import resize_mask
 from rd2t.data.transforms import to_model_input
-from rd2t.evaluation.metrics import pixel_auroc
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.memory_bank import between_image_share
 from rd2t.model.network import RD2T, distance
@@ -89,17 +87,13 @@ def main() -> None:
     terms["sum of z-scored levels"] = (scaled(maps, mean, std), scaled(good_maps, mean, std))
     terms["sum of peak-scaled levels"] = (scaled(maps, zero, peaks), scaled(good_maps, zero, peaks))
 
-    types = np.array([s.defect_type for s in test])
-    good = np.array([not s.label for s in test])
-    columns = ["all", *sorted(set(types[~good]))]
     table = {}
     for name, (score, good_score) in terms.items():
-        row = {"between_share": between_image_share(good_score)}
-        for col in columns:
-            keep = np.flatnonzero(good | (~good if col == "all" else types == col))
-            row[col] = pixel_auroc([masks[i] for i in keep], [score[i].numpy() for i in keep])
-        table[name] = row
-        print(f"{name:24s} " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
+        table[name] = {
+            "between_share": between_image_share(good_score),
+            **pixel_auroc_by_type(test, masks, score),
+        }
+        print(f"{name:24s} " + "  ".join(f"{c} {v:.3f}" for c, v in table[name].items()), flush=True)
     print(f"{len(test)} test images, {len(held_out)} held-out good, {time.time() - t0:.0f} s")
     if a.json:
         Path(a.json).write_text(json.dumps({"model": a.model, "pixel_auroc": table}, indent=1))

@@ -26,15 +26,13 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from bank_rules import test_set  # benchmarks/ is on the path when a script runs
+from bank_rules import pixel_auroc_by_type, test_set  # benchmarks/ is on the path when a script runs
 
 from rd2t.data import mvtec
 from rd2t.data.images import resize_mask
 from rd2t.data.transforms import to_model_input
-from rd2t.evaluation.metrics import pixel_auroc
 from rd2t.model.memory_bank import MemoryBank, patch_embedding
 from rd2t.model.network import GaussianBlur
 from rd2t.model.teachers import Teacher
@@ -107,17 +105,10 @@ def main() -> None:
     for pool in [int(p) for p in a.knn_pool.split(",") if p]:
         terms[f"kNN Lite2, {pool}x{pool} average"] = knn_maps(train_feats[0], test_feats[0], pool)
 
-    types = np.array([s.defect_type for s in test])
-    good = np.array([not s.label for s in test])
-    columns = ["all", *sorted(set(types[~good]))]
     table = {}
     for name, score in terms.items():
-        row = {}
-        for col in columns:
-            keep = np.flatnonzero(good | (~good if col == "all" else types == col))
-            row[col] = pixel_auroc([masks[i] for i in keep], [score[i].numpy() for i in keep])
-        table[name] = row
-        print(f"{name:28s} " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
+        table[name] = pixel_auroc_by_type(test, masks, score)
+        print(f"{name:28s} " + "  ".join(f"{c} {v:.3f}" for c, v in table[name].items()), flush=True)
     print(f"{len(train_paths)} training images, {len(test)} test images, {time.time() - t0:.0f} s")
     if a.json:
         with open(a.json, "w") as f:
