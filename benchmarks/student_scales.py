@@ -29,6 +29,7 @@ from bank_rules import pixel_auroc_by_type, test_set  # benchmarks/ is on the pa
 from rd2t.data.images import resize_mask
 from rd2t.data.transforms import to_model_input
 from rd2t.model.checkpoint import Checkpoint
+from rd2t.model.loading import model_from
 from rd2t.model.memory_bank import between_image_share
 from rd2t.model.network import RD2T, distance
 from rd2t.training.loop import load_training_images
@@ -62,9 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
-    model = RD2T(ckpt.config.replace(device="cpu"), pretrained=False)
-    model.load_state_dict(ckpt.weights, strict=False)
-    model.eval()
+    model = model_from(ckpt, "cpu", a.model)
     size = ckpt.config.image_size
     held_out, _ = load_training_images([Path(p) for p in ckpt.val_files], size, False)
     good_maps, names = scale_maps(model, held_out)

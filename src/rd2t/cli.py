@@ -194,10 +194,12 @@ def train(
         return
     atomic_write(out / "config.json", json.dumps(det.config.to_dict(), indent=1) + "\n")
     cal = det.calibration
-    done, left = f"trained {det.config.epochs} epochs", det.config.epochs - done_before
-    if 0 < done_before < det.config.epochs:  # resumed: what this call trained, not the run's total
-        done = f"trained {left} more epoch{'s' * (left != 1)} ({det.config.epochs} in all)"
-    if done_before >= det.config.epochs:
+    total = det.config.epochs
+    done = f"trained {total} epochs"
+    if 0 < done_before < total:  # resumed: what this call trained, not the run's total
+        left = total - done_before
+        done = f"trained {left} more epoch{'s' * (left != 1)} ({total} in all)"
+    elif done_before >= total:
         done = "no epoch left to train; " + ("memory bank and " if det.config.memory_bank > 0 else "")
         done += "threshold made anew"
     typer.echo(f"{done} in {time.time() - t0:.0f}s -> {det.checkpoint_path}")
