@@ -301,7 +301,7 @@ def test_review_path(station, browser, screenshots):
     assert not errors, errors
 
 
-def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(station, browser):
+def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(station, browser, screenshots):
     """A line months in: 150k reviewed parts. Their scores are the page's data; spreading that many into one
     Math.min call overflows V8's stack (a RangeError, and no chart). The page draws and counts them all.
     Runs last: the rows stay in the module's station."""
@@ -331,5 +331,6 @@ def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(statio
     page.keyboard.press("Home")  # lowest value: every reviewed good part would be flagged
     total = before + many
     sync_api.expect(page.locator("#rate-revgood")).to_have_text(f"{total} of {total} (100.0 %)")
+    page.screenshot(path=str(screenshots / "threshold-150k.png"), full_page=True, animations="disabled")
     page.close()
     assert not errors, errors
