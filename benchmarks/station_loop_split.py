@@ -42,8 +42,6 @@ def main() -> None:
     for i in choose:
         s = test[i]
         link(Path(s.path), out / "defects" / s.defect_type / Path(s.path).name)
-    for s in mvtec(a.root, a.category).train:  # the layout asks for training images; evaluate scores test/
-        link(Path(s.path), out / "eval" / "train" / "good" / Path(s.path).name)
     for i, s in enumerate(test):
         if s.label == 0 or i in set(score):
             kind = s.defect_type if s.label else "good"

@@ -99,6 +99,22 @@ def test_predict_exit_code_tells_pass_or_defective(trained_cli, texture_set, tmp
     assert (tmp_path / f"{bad[0].stem}_mask.png").exists()
 
 
+def test_evaluate_needs_no_training_images(trained_cli, texture_set, tmp_path, capsys):
+    """A line's folder of test images, without the training images, is scored as the full layout is."""
+    only_test = tmp_path / "stripes"
+    only_test.mkdir()
+    for sub in ("test", "ground_truth"):
+        (only_test / sub).symlink_to(texture_set / sub)
+    runs = {}
+    evaluate = ["evaluate", "--checkpoint", trained_cli, "--no-report"]
+    for name, data in (("full", texture_set), ("only_test", only_test)):
+        rc, _, _ = _run(capsys, *evaluate, "--data", data, "--out", tmp_path / name)
+        assert rc == 0
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["only_test"]["metrics"] == runs["full"]["metrics"]
+    assert runs["only_test"]["metrics"]["pixel_auroc"] is not None
+
+
 def test_predict_accepts_globs(trained_cli, texture_set, capsys):
     rc, out, _ = _run(capsys, "predict", trained_cli, str(texture_set / "test" / "*" / "00[01].png"))
     assert rc in (0, 1) and len(out.splitlines()) == 4

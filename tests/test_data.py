@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,35 @@ def test_mvtec_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as error:
         mvtec(tmp_path, "notest")
     assert one_line(error).startswith(f"{tmp_path / 'notest'}: expected test/good and test/<defect type>")
+
+
+def test_a_split_that_is_only_scored_needs_no_training_images(tmp_path: Path) -> None:
+    """`rd2t evaluate` scores test/ only, so a folder without train/ is read for it, in every layout that
+    names its training folder, and still refused for training."""
+    make_mvtec(tmp_path, "bottle")
+    full = mvtec(tmp_path, "bottle")
+    shutil.rmtree(tmp_path / "bottle" / "train")
+    with pytest.raises(InputError, match="expected train/good"):
+        mvtec(tmp_path, "bottle")
+    scored = open_dataset("mvtec", tmp_path, "bottle", training=False)
+    assert scored.train == [] and scored.test == full.test and scored.has_masks == full.has_masks
+    assert scored.name == full.name
+
+    # the auto-detected folder layout: test/<group>/ alone
+    folder_root = tmp_path / "part"
+    write_image(folder_root / "test" / "good" / "1.png")
+    write_image(folder_root / "test" / "scratch" / "2.png")
+    with pytest.raises(InputError, match="expected train/good/, train/ or image files"):
+        open_dataset("folder", folder_root, None)
+    scored = open_dataset("folder", folder_root, None, training=False)
+    assert scored.train == [] and scored.name == "folder/part"
+    assert [(s.label, s.defect_type) for s in scored.test] == [(0, "good"), (1, "scratch")]
+
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError) as error:
+        open_dataset("folder", tmp_path / "nothing", None, training=False)
+    expected = "expected test/<good or defect type>/ folders (folder layout)"
+    assert one_line(error) == f"{tmp_path / 'nothing'}: {expected}"
 
 
 def test_corrupt_mask_reported_by_reader(tmp_path: Path) -> None:

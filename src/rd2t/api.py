@@ -41,14 +41,18 @@ def training_images(data) -> list[Path]:
     return [s.path for s in open_dataset("folder", root, None).train]  # a plain folder or a dataset layout
 
 
-def open_split(data: str | Path, dataset: str = "auto", category: str | None = None) -> Split:
-    """A dataset split from a root folder: `auto` reads MVTec-like layouts and plain folders."""
+def open_split(
+    data: str | Path, dataset: str = "auto", category: str | None = None, training: bool = True
+) -> Split:
+    """A dataset split from a root folder: `auto` reads MVTec-like layouts and plain folders. A split
+    that is only scored (`training=False`) may lack training images."""
     data = Path(data)
     if not data.exists():
         raise InputError(f"{data}: no such file or folder")
     if dataset == "auto":
-        return open_dataset("mvtec", data, category) if category else open_dataset("folder", data, None)
-    return open_dataset(dataset, data, category)
+        kind, category = ("mvtec", category) if category else ("folder", None)
+        return open_dataset(kind, data, category, training)
+    return open_dataset(dataset, data, category, training)
 
 
 @dataclass
@@ -261,7 +265,7 @@ class Detector:
 
         if out is not None:
             check_writable(out)
-        split = data if isinstance(data, Split) else open_split(data, dataset, category)
+        split = data if isinstance(data, Split) else open_split(data, dataset, category, training=False)
         predictor = self._require()
         res = evaluate(predictor, split, threshold=predictor.threshold, progress=progress, curves=report)
         if out is None:

@@ -66,10 +66,10 @@ def _resolve_config(
     return resolve(base, config_file, overrides, sets or [])
 
 
-def _split(data: Path, dataset: str, category: str | None):
+def _split(data: Path, dataset: str, category: str | None, training: bool = True):
     from rd2t.api import open_split
 
-    return open_split(data, dataset, category)
+    return open_split(data, dataset, category, training)
 
 
 ConfigFile = Annotated[
@@ -286,7 +286,7 @@ def predict(
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="model.pt or an exported .onnx")],
-    data: Annotated[Path, typer.Option(help="Dataset root, or a folder with train/ and test/")],
+    data: Annotated[Path, typer.Option(help="Dataset root, or a folder with test/ (train/ may be absent)")],
     dataset: Annotated[str, typer.Option()] = "auto",
     category: Annotated[str | None, typer.Option()] = None,
     out: Annotated[Path, typer.Option(help="Writes metrics.json, metrics.md and report.html here.")] = Path(
@@ -303,7 +303,7 @@ def evaluate(
 
     check_writable(out)
     det = Detector.load(checkpoint, device=device, backend=backend)
-    split = _split(data, dataset, category)
+    split = _split(data, dataset, category, training=False)  # scored only: train/ may be absent
     res = det.evaluate(split, out=out, report=report)
     typer.echo(metrics_markdown(res, split.name))
     if res.report_path:

@@ -80,11 +80,16 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _train_samples(images_dir: Path, base: Path, expected: str, layout: str) -> list[Sample]:
+def _train_samples(
+    images_dir: Path, base: Path, expected: str, layout: str, training: bool = True
+) -> list[Sample]:
+    """Good training images; when the split is only scored (``training=False``) they may be absent."""
     if not images_dir.is_dir():
+        if not training:
+            return []
         raise InputError(f"{base}: expected {expected} ({layout})")
     images = list_images(images_dir)
-    if not images:
+    if not images and training:
         raise InputError(
             f"{images_dir}: no training images (expected defect-free png/jpg/bmp/tif/webp files)"
         )
@@ -198,10 +203,10 @@ def _looked_for(*folders: Path) -> Callable[[Sample], str]:
 # --------------------------------------------------------------------------------------------- readers
 
 
-def _mvtec_layout(root: PathLike, category: str, dataset: str, layout: str) -> Split:
+def _mvtec_layout(root: PathLike, category: str, dataset: str, layout: str, training: bool) -> Split:
     """root/category/{train/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png}."""
     base = _category_dir(root, category, layout)
-    train = _train_samples(base / "train" / "good", base, "train/good", layout)
+    train = _train_samples(base / "train" / "good", base, "train/good", layout, training)
     test_dir, gt_dir = base / "test", base / "ground_truth"
     if not test_dir.is_dir() or not _subdirs(test_dir):
         raise InputError(f"{base}: expected test/good and test/<defect type> folders ({layout})")
@@ -225,20 +230,21 @@ def _mvtec_layout(root: PathLike, category: str, dataset: str, layout: str) -> S
     return _finish(train, test, f"{dataset}/{category}", lambda s: _looked_for(gt_dir / s.defect_type)(s))
 
 
-def mvtec(root: PathLike, category: str) -> Split:
+def mvtec(root: PathLike, category: str, training: bool = True) -> Split:
     """MVTec AD: root/category/{train/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png}.
 
-    Masks named ``<stem>.png`` (as many re-packaged sets do) are accepted too.
+    Masks named ``<stem>.png`` (as many re-packaged sets do) are accepted too. With ``training=False``
+    (the split is only scored) train/good may be missing.
     """
-    return _mvtec_layout(root, category, "mvtec", "MVTec AD layout")
+    return _mvtec_layout(root, category, "mvtec", "MVTec AD layout", training)
 
 
-def mpdd(root: PathLike, category: str) -> Split:
+def mpdd(root: PathLike, category: str, training: bool = True) -> Split:
     """MPDD, which uses the MVTec AD layout."""
-    return _mvtec_layout(root, category, "mpdd", "MPDD layout, same as MVTec AD")
+    return _mvtec_layout(root, category, "mpdd", "MPDD layout, same as MVTec AD", training)
 
 
-def btad(root: PathLike, product: str) -> Split:
+def btad(root: PathLike, product: str, training: bool = True) -> Split:
     """BTAD: root/product/{train/ok, test/ok, test/ko, ground_truth/ko}.
 
     The official release stores masks as PNG for products 01 and 02 and as BMP for 03; both are matched
@@ -246,7 +252,7 @@ def btad(root: PathLike, product: str) -> Split:
     """
     layout = "BTAD layout"
     base = _category_dir(root, product, layout)
-    train = _train_samples(base / "train" / "ok", base, "train/ok", layout)
+    train = _train_samples(base / "train" / "ok", base, "train/ok", layout, training)
     ok_dir, ko_dir, gt_dir = base / "test" / "ok", base / "test" / "ko", base / "ground_truth" / "ko"
     if not ok_dir.is_dir() and not ko_dir.is_dir():
         raise InputError(f"{base}: expected test/ok and test/ko ({layout})")
@@ -263,7 +269,7 @@ def btad(root: PathLike, product: str) -> Split:
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 
 
-def visa(root: PathLike, category: str) -> Split:
+def visa(root: PathLike, category: str, training: bool = True) -> Split:
     """VisA with its official one-class split, ``root/split_csv/1cls.csv``.
 
     The CSV (columns object,split,label,image,mask; label normal/anomaly; paths relative to root) decides
@@ -320,12 +326,12 @@ def visa(root: PathLike, category: str) -> Split:
             if mask is not None and not mask.is_file():
                 raise InputError(f"{mask}: mask listed in {where} not found (for image {image})")
             test.append(Sample(image, 1, "anomaly", mask))
-    if not train:
+    if not train and training:
         raise InputError(f"{csv_path}: no train rows for category '{category}'")
     return _finish(train, test, f"visa/{category}", lambda s: f"its mask column in {csv_path} is empty")
 
 
-def mvtec_ad2(root: PathLike, category: str) -> Split:
+def mvtec_ad2(root: PathLike, category: str, training: bool = True) -> Split:
     """MVTec AD 2: root/category/{train/good, validation/good, test_public/{good, bad},
     test_public/ground_truth/bad/<stem>_mask.png}.
 
@@ -335,7 +341,7 @@ def mvtec_ad2(root: PathLike, category: str) -> Split:
     """
     layout = "MVTec AD 2 layout"
     base = _category_dir(root, category, layout)
-    train = _train_samples(base / "train" / "good", base, "train/good", layout)
+    train = _train_samples(base / "train" / "good", base, "train/good", layout, training)
     val_dir = base / "validation" / "good"
     validation = _good_samples(list_images(val_dir)) if val_dir.is_dir() else []
     test_dir, gt_dir = base / "test_public", base / "test_public" / "ground_truth" / "bad"
@@ -351,12 +357,12 @@ def mvtec_ad2(root: PathLike, category: str) -> Split:
     return split
 
 
-def mvtec3d(root: PathLike, category: str) -> Split:
+def mvtec3d(root: PathLike, category: str, training: bool = True) -> Split:
     """MVTec 3D-AD, RGB only: train/good/rgb, test/<defect>/rgb, masks in test/<defect>/gt with the same
     file name. The xyz/ point clouds and the validation/ folder are not used."""
     layout = "MVTec 3D-AD layout"
     base = _category_dir(root, category, layout)
-    train = _train_samples(base / "train" / "good" / "rgb", base, "train/good/rgb", layout)
+    train = _train_samples(base / "train" / "good" / "rgb", base, "train/good/rgb", layout, training)
     test_dir = base / "test"
     if not test_dir.is_dir() or not _subdirs(test_dir):
         raise InputError(f"{base}: expected test/<defect type>/rgb folders ({layout})")
@@ -385,7 +391,7 @@ def _folder_name(train_dir: Path) -> str:
 
 
 def folder(
-    train_dir: PathLike,
+    train_dir: PathLike | None,
     test_good_dir: PathLike | None = None,
     test_defect_dirs: Sequence[PathLike] = (),
     mask_dir: PathLike | None = None,
@@ -395,11 +401,14 @@ def folder(
     Each defect folder's name becomes its defect_type. Masks are matched by image stem, as ``<stem>.*`` or
     ``<stem>_mask.*``, first in ``mask_dir/<defect_type>/`` then in ``mask_dir/``. Without any mask the
     split has ``has_masks=False`` and only image-level metrics are computed (not an error).
+    ``train_dir=None`` gives a split that is only scored (no training images).
     """
-    train_dir = Path(train_dir)
-    if not train_dir.is_dir():
-        raise InputError(f"{train_dir}: training folder not found")
-    train = _train_samples(train_dir, train_dir, "a folder of good images", "folder layout")
+    train: list[Sample] = []
+    if train_dir is not None:
+        train_dir = Path(train_dir)
+        if not train_dir.is_dir():
+            raise InputError(f"{train_dir}: training folder not found")
+        train = _train_samples(train_dir, train_dir, "a folder of good images", "folder layout")
 
     test: list[Sample] = []
     test_stems: set[str] = set()
@@ -456,30 +465,41 @@ def folder(
             return "no mask folder given"
         return _looked_for(masks / sample.defect_type, masks)(sample)
 
-    return _finish(train, test, f"folder/{_folder_name(train_dir)}", mask_where)
+    if train_dir is not None:
+        name = _folder_name(train_dir)
+    else:  # only scored: the dataset folder above test/<group>/
+        if not test:
+            raise InputError("no test images given (a split without training images is only scored)")
+        name = test[0].path.resolve().parent.parent.parent.name
+    return _finish(train, test, f"folder/{name}", mask_where)
 
 
 _GOOD_NAMES = ("good", "ok", "normal")
 _MASK_DIR_NAMES = ("ground_truth", "masks", "mask")
 
 
-def _detect_folder(base: Path) -> Split:
+def _detect_folder(base: Path, training: bool = True) -> Split:
     """Guess the layout of a user's dataset folder.
 
     Accepted: ``base/train/good`` or ``base/train`` for training images, ``base/test/<name>`` folders
     (good/ok/normal are good, anything else a defect type), masks in ``base/ground_truth`` (or masks/,
-    mask/); or just a folder of good images, which gives a train-only split.
+    mask/); or just a folder of good images, which gives a train-only split. A split that is only scored
+    (``training=False``) may have test/ alone.
     """
     if not base.is_dir():
         raise InputError(f"{base}: folder not found")
+    train_dir: Path | None
     if (base / "train" / "good").is_dir():
         train_dir = base / "train" / "good"
     elif (base / "train").is_dir():
         train_dir = base / "train"
+    elif not training and (base / "test").is_dir():
+        train_dir = None
     elif list_images(base):
         return folder(base)
     else:
-        raise InputError(f"{base}: expected train/good/, train/ or image files (folder layout)")
+        expected = "train/good/, train/ or image files" if training else "test/<good or defect type>/ folders"
+        raise InputError(f"{base}: expected {expected} (folder layout)")
 
     test_dir = base / "test"
     good_dirs: list[Path] = []
@@ -534,7 +554,7 @@ def labelled_defects(root: PathLike) -> Split:
     return _finish([], samples, f"labelled defects/{base.name}", hint)
 
 
-_READERS: dict[str, Callable[[PathLike, str], Split]] = {
+_READERS: dict[str, Callable[[PathLike, str, bool], Split]] = {
     "mvtec": mvtec,
     "btad": btad,
     "visa": visa,
@@ -544,19 +564,20 @@ _READERS: dict[str, Callable[[PathLike, str], Split]] = {
 }
 
 
-def open_dataset(kind: str, root: PathLike, category: str | None) -> Split:
+def open_dataset(kind: str, root: PathLike, category: str | None, training: bool = True) -> Split:
     """Read a dataset of the given kind (mvtec, btad, visa, mpdd, mvtec3d, folder).
 
     For the benchmark kinds ``category`` is required. For "folder", ``root`` (or ``root/category`` when a
     category is given) is auto-detected: train/good or train plus test/*, or a plain folder of good images.
+    ``training=False``: the split is only scored (``rd2t evaluate``), so its training images may be absent.
     """
     name = kind.strip().lower()
     if name in _READERS:
         if not category:
             choices = ", ".join(DATASETS[name])
             raise InputError(f"{root}: a category is required for {name} (one of: {choices})")
-        return _READERS[name](root, category)
+        return _READERS[name](root, category, training)
     if name == "folder":
-        return _detect_folder(Path(root) / category if category else Path(root))
+        return _detect_folder(Path(root) / category if category else Path(root), training)
     kinds = ", ".join([*_READERS, "folder"])
     raise InputError(f"{root}: unknown dataset kind '{kind}' (expected one of: {kinds})")
