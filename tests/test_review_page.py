@@ -330,7 +330,13 @@ def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(statio
     slider.focus()
     page.keyboard.press("Home")  # lowest value: every reviewed good part would be flagged
     total = before + many
-    sync_api.expect(page.locator("#rate-revgood")).to_have_text(f"{total} of {total} (100.0 %)")
+    grouped = f"{total:,}".replace(",", "\u202f")  # thousands grouped by a narrow space, as the station shows
+    sync_api.expect(page.locator("#rate-revgood")).to_have_text(f"{grouped} of {grouped} (100.0 %)")
     page.screenshot(path=str(screenshots / "threshold-150k.png"), full_page=True, animations="disabled")
+    # the live view's counts, grouped too (rendered by the server, then refreshed by the script)
+    passed = station.get("/v1/inspections?decision=pass&limit=1").json()["total"]
+    assert passed >= many
+    page.goto(station.base + "/")
+    sync_api.expect(page.locator("[data-count=pass]")).to_have_text(f"{passed:,}".replace(",", "\u202f"))
     page.close()
     assert not errors, errors

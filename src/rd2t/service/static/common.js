@@ -30,6 +30,11 @@ function fmtScore(x) {
   return s.includes("e") ? s : String(Number(s));
 }
 
+// Counts grouped by thousands with a narrow space, SI style (the same as the `count` filter in page.py).
+function fmtCount(n) {
+  return n.toLocaleString("en").replaceAll(",", "\u202f");
+}
+
 function fmtPercent(part, whole) {
   if (!whole) return "—";
   return part ? `${((100 * part) / whole).toFixed(1)} %` : "0 %";

@@ -53,7 +53,7 @@ async function refreshCounts() {
   for (const span of document.querySelectorAll("[data-count]")) {
     const query = span.parentElement.dataset.query; // the filter's /v1/inspections query
     const page = await api(`/v1/inspections?${query}${query ? "&" : ""}limit=1`);
-    span.textContent = page.total;
+    span.textContent = fmtCount(page.total);
   }
 }
 

@@ -46,7 +46,7 @@ function draw(trial) {
     const top = row * ROW, base = top + ROW - 8;
     root.append(svg("line", { x1: LEFT, x2: W - RIGHT, y1: base, y2: base, stroke: "#cbd5e1" }));
     root.append(svg("text", { x: LEFT + 2, y: top + 14, fill: "#374151" },
-      `${s.label}: ${scores.length ? scores.length : "none yet"}`));
+      `${s.label}: ${scores.length ? fmtCount(scores.length) : "none yet"}`));
     const counts = new Array(BINS).fill(0);
     for (const v of scores) counts[Math.min(BINS - 1, Math.max(0, Math.floor(((v - lo) / (hi - lo)) * BINS)))]++;
     const most = Math.max(1, ...counts), barW = (W - LEFT - RIGHT) / BINS;
@@ -85,7 +85,7 @@ function rate(element, sub, k, n, what, none) {
     sub.textContent = none;
     return;
   }
-  element.textContent = `${k} of ${n} (${fmtPercent(k, n)})`;
+  element.textContent = `${fmtCount(k)} of ${fmtCount(n)} (${fmtPercent(k, n)})`;
   // Rule of three: seeing 0 of n still allows a true rate of up to about 3 in n (95 % confidence).
   sub.textContent = k === 0 && n < 300
     ? `${what}; from ${n} image${n > 1 ? "s" : ""} the true rate could still be up to ${Math.round((100 * Math.min(3, n)) / n)} %`
