@@ -11,8 +11,13 @@ on its own, blurred as the model blurs, and their sum (the model's term), on one
 
 Nothing is chosen here and nothing is trained.
 
+With `--painted` (round 18) the same maps are also scored on the pseudo-defects training paints on the
+held-out good images (data.pseudo_defects, as many and with the same seed as training's choices): pixel
+AUROC over the painted images' pixels (their painted regions the positives) with every unpainted held-out
+image's, overall and per paint family. Could painted images tell which levels see a part's defects?
+
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/student_scales.py runs/mt_s0/model.pt \
-        --root ../shared/data/magnetic_tile --json docs/measured/round16/scales_mt_s0.json
+        --root ../shared/data/magnetic_tile --json docs/measured/round16/scales_mt_s0.json [--painted]
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import torch.nn.functional as F
 from bank_rules import pixel_auroc_by_type, test_set  # benchmarks/ is on the path when a script runs
 
 from rd2t.data.images import resize_mask
+from rd2t.data.pseudo_defects import FAMILIES, paint_pseudo_defects
 from rd2t.data.transforms import to_model_input
+from rd2t.evaluation.metrics import pixel_auroc
 from rd2t.model.checkpoint import Checkpoint
 from rd2t.model.loading import model_from
 from rd2t.model.memory_bank import between_image_share
 from rd2t.model.network import RD2T, distance
-from rd2t.training.loop import load_training_images
+from rd2t.training.loop import PSEUDO_DEFECTS, load_training_images
 
 
 @torch.no_grad()
@@ -60,6 +67,7 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("--category", default=".")
     ap.add_argument("--json", help="write the table here")
+    ap.add_argument("--painted", action="store_true", help="also score each map on painted pseudo-defects")
     a = ap.parse_args()
     t0 = time.time()
     ckpt = Checkpoint.load(a.model)
@@ -93,9 +101,40 @@ def main() -> None:
             **pixel_auroc_by_type(test, masks, score),
         }
         print(f"{name:24s} " + "  ".join(f"{c} {v:.3f}" for c, v in table[name].items()), flush=True)
+    painted_table = painted_aurocs(model, held_out, good_maps, names, ckpt.config.seed) if a.painted else None
     print(f"{len(test)} test images, {len(held_out)} held-out good, {time.time() - t0:.0f} s")
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": a.model, "pixel_auroc": table}, indent=1))
+        out = {"model": a.model, "pixel_auroc": table}
+        if painted_table is not None:
+            out["painted_pixel_auroc"] = painted_table
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+def painted_aurocs(
+    model: RD2T, held_out: torch.Tensor, good_maps: torch.Tensor, names: list[str], seed: int
+) -> dict[str, dict[str, float]]:
+    """Each level's (and the sum's) pixel AUROC on training's painted pseudo-defects against the unpainted
+    held-out images, overall and per paint family (families rotate over the painted images)."""
+    painted, paint = paint_pseudo_defects(held_out, max(1, -(-PSEUDO_DEFECTS // len(held_out))), seed=seed)
+    maps, _ = scale_maps(model, painted)
+    family = [FAMILIES[k % len(FAMILIES)] for k in range(len(painted))]
+    good_masks = [torch.zeros(good_maps.shape[-2:], dtype=torch.bool).numpy()] * len(good_maps)
+    columns = {"all": list(range(len(painted)))} | {
+        f: [k for k in range(len(painted)) if family[k] == f] for f in FAMILIES
+    }
+    table = {}
+    for i, name in enumerate([*names, "sum (the model's term)"]):
+        bad = maps.sum(1) if i == len(names) else maps[:, i]
+        good = good_maps.sum(1) if i == len(names) else good_maps[:, i]
+        table[name] = {
+            col: pixel_auroc(
+                [paint[k].numpy() for k in keep] + good_masks,
+                [bad[k].numpy() for k in keep] + [g.numpy() for g in good],
+            )
+            for col, keep in columns.items()
+        }
+        print(f"painted {name:24s} " + "  ".join(f"{c} {v:.3f}" for c, v in table[name].items()), flush=True)
+    return table
 
 
 if __name__ == "__main__":
