@@ -314,7 +314,8 @@ def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(statio
     before = len(station.get("/v1/threshold/analysis").json()["reviewed_good"])
     many, rng = 150_000, np.random.default_rng(0)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-    row = dict(time=now, decision="pass", threshold=1.0, model_id="m", model_name="m", model_version="1")
+    model_id = station.get("/v1/model").json()["id"]  # scored by the station's model: the page shows them
+    row = dict(time=now, decision="pass", threshold=1.0, model_id=model_id, model_name="m", model_version="1")
     row |= dict(decode_ms=0.0, model_ms=0.0, total_ms=0.0, image_sha256="0" * 64, image_type="png")
     row |= dict(image_path="x", overlay_path="x", thumb_path="x", width=1, height=1)
     row |= dict(review_state="confirmed_good")

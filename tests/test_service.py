@@ -17,7 +17,8 @@ import time
 import uuid
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,8 @@ httpx = pytest.importorskip("httpx")
 
 from rd2t.data import labelled_defects  # noqa: E402
 from rd2t.inference.predictor import Predictor  # noqa: E402
+from rd2t.model.checkpoint import Checkpoint  # noqa: E402
+from rd2t.service.db import REVIEWED_GOOD  # noqa: E402
 from tests.conftest import paint_defect, texture  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -185,6 +188,62 @@ def station(request, trained_cli_model, tmp_path_factory):
             s = settings(url)
             with running_server(s) as client:
                 yield client, s
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_older_database_keeps_each_threshold_change_with_its_model(backend, trained_cli_model, tmp_path):
+    """Migration 0002 on a station database from before threshold changes named their model: each change
+    goes to the model of the last inspection before it (or the first one, for a change before any), so an
+    upgraded station keeps its operator's value for the model it was chosen on. Then the migrated schema is
+    the one the code declares."""
+    import datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from rd2t.files import file_sha256
+    from rd2t.service import db
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    serving = file_sha256(trained_cli_model)[:12]  # the model of the later inspections
+    sqlite = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    with postgres_database() if backend == "postgresql" else nullcontext(sqlite) as url:
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+        t0 = datetime.datetime(2026, 1, 1)
+        at = [t0 + datetime.timedelta(hours=h) for h in range(5)]
+        row = dict(
+            score=1.0, decision="pass", threshold=1.0, model_name="m", model_version="1", decode_ms=0.0
+        )
+        row |= dict(model_ms=0.0, total_ms=0.0, image_sha256="0" * 64, image_type="png", image_path="x")
+        row |= dict(overlay_path="x", thumb_path="x", width=1, height=1, review_state="unreviewed")
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")  # the schema of a station from before the change
+            conn.execute(db.inspections.insert(), [{**row, "time": at[1], "model_id": "aaa"}])
+            conn.execute(db.inspections.insert(), [{**row, "time": at[3], "model_id": serving}])
+            for value, when in ((1.0, at[0]), (2.0, at[2]), (3.0, at[4])):
+                conn.execute(
+                    sa.text("INSERT INTO threshold_changes (value, at) VALUES (:v, :at)"),
+                    {"v": value, "at": when},
+                )
+        db.migrate(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT value, model_id FROM threshold_changes ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(1.0, "aaa"), (2.0, "aaa"), (3.0, serving)]
+            assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
+        engine.dispose()
+        station = Station(StationSettings(trained_cli_model, db=url, images=tmp_path / "st", threads=1))
+        try:  # the upgraded station keeps the value its operator chose for this model
+            assert station.threshold == 3.0 and station.change_for_other_model() is None
+            assert [h["this_model"] for h in station.threshold_history()] == [True, False, False]
+        finally:
+            station.close()
 
 
 def inspect(client, data: bytes, name: str = "part.png", **fields):
@@ -348,9 +407,41 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
     # A restarted station (same database) applies the last recorded threshold.
     restarted = Station(StationSettings(trained_cli_model, db=settings.db, images=settings.images))
     try:
-        assert restarted.threshold == new
+        assert restarted.threshold == new and restarted.change_for_other_model() is None
     finally:
         restarted.close()
+
+    # Restarted on another model (as after `rd2t train --resume --val-defects`): the change was chosen on the
+    # first model's scores, so the new one starts at its own calibrated value, says why, and shows none of
+    # the first model's reviewed scores; its own change then applies to it alone.
+    retrained = Checkpoint.load(trained_cli_model)
+    assert retrained.calibration is not None
+    retrained.calibration.scores = [2 * v for v in retrained.calibration.scores]  # another model, on
+    retrained.calibration.threshold *= 2  # another scale
+    other_path = retrained.save(tmp_path / "retrained" / "model.pt")
+    other = Station(StationSettings(other_path, db=settings.db, images=settings.images))
+    try:
+        assert other.model_id != restarted.model_id
+        assert other.threshold == retrained.calibration.threshold
+        note = other.change_for_other_model()
+        assert note is not None and note["value"] == new and note["model_id"] == restarted.model_id
+        assert other.reviewed_scores(REVIEWED_GOOD) == [] and other.reviewed_by_other_models() >= 1
+        other.set_threshold(7.5, by="qa", note="retrained model")
+        assert (
+            other.change_for_other_model() is None
+            and other.threshold_history()[0]["model_id"] == other.model_id
+        )
+    finally:
+        other.close()
+    first = Station(StationSettings(trained_cli_model, db=settings.db, images=settings.images))
+    try:  # the first model keeps its own value, and the newest change (the other model's) is reported
+        assert first.threshold == new and first.change_for_other_model()["value"] == 7.5
+    finally:
+        first.close()
+    page = client.get("/threshold")  # the running station's page names the newest change and its model
+    assert page.status_code == 200 and f"was made for model {other.model_id}." in page.text
+    client.post("/v1/threshold", json={"value": new, "by": "qa"})  # the running station's own change again
+    assert client.get("/v1/threshold").json()["change_for_other_model"] is None
 
     z = zipfile.ZipFile(io.BytesIO(client.get("/v1/export/reviewed-good.zip").content))
     assert any(n.startswith(f"{rec['id']:08d}_") for n in z.namelist())
@@ -476,9 +567,12 @@ def test_token_guards_api_but_not_health(trained_cli_model, tmp_path):
         del os.environ["RD2T_TOKEN"]
 
 
-def test_onnx_model_scores_through_the_same_predictor(trained_cli_model, tmp_path):
+def test_onnx_model_scores_through_the_same_predictor_and_keeps_the_threshold(trained_cli_model, tmp_path):
+    """An exported model is the same model: it scores as the checkpoint does, and the threshold a person
+    chose on the checkpoint's scores stays in force when the station restarts on the export."""
     from rd2t.inference.export import export_onnx
     from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
 
     onnx_path = export_onnx(trained_cli_model, tmp_path / "model.onnx")
     data = images(1, seed=95, defect=True)[0]
@@ -486,11 +580,21 @@ def test_onnx_model_scores_through_the_same_predictor(trained_cli_model, tmp_pat
     same = Predictor.open(onnx_path, threads=1)  # --backend auto: the runtime measured fastest here
     expected = same.predict_one(tmp_path / "x.png").score
     torch_score = Predictor.open(trained_cli_model).predict_one(tmp_path / "x.png").score
+    on_checkpoint = Station(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1))
+    try:
+        chosen = torch_score + 1.0  # above this image's score: it passes
+        on_checkpoint.set_threshold(chosen, by="qa", note="chosen on the checkpoint's scores")
+    finally:
+        on_checkpoint.close()
     with running_server(StationSettings(onnx_path, images=tmp_path / "st", threads=1)) as client:
         rec = inspect(client, data).json()
         assert client.get("/v1/model").json()["backend"] == same.backend.name in ("onnx", "openvino")
+        state = client.get("/v1/threshold").json()
     assert rec["score"] == pytest.approx(expected, rel=1e-5) and rec["model"]["name"] == "model.onnx"
     assert rec["score"] == pytest.approx(torch_score, rel=1e-3)
+    assert state["value"] == chosen and state["change_for_other_model"] is None
+    assert state["history"][0]["this_model"] and state["history"][0]["model_id"] == on_checkpoint.model_id
+    assert rec["threshold"] == chosen and rec["decision"] == "pass"
 
 
 def test_lazy_overlay_is_drawn_when_first_asked_for(trained_cli_model, tmp_path):

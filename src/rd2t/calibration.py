@@ -9,6 +9,7 @@ the review page colour the same map the same way. It is written and read by `rd2
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -140,6 +141,14 @@ class Calibration:
         """(good validation scores above `threshold`, number of scores): the expected false-alarm rate."""
         vals = np.asarray(self.scores, dtype=float)
         return int((vals > threshold).sum()), len(vals)
+
+    def scale_id(self) -> str | None:
+        """What the model's scores are measured in, as 12 hex digits of the SHA-256 of its held-out good
+        scores: the same for a checkpoint and its ONNX export (which carries them), another for a retrained
+        or refitted model. A threshold chosen on one model's scores belongs to this id. None: no scores."""
+        if not self.scores:
+            return None
+        return hashlib.sha256(np.asarray(self.scores, dtype="<f8").tobytes()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -284,6 +284,11 @@ def threshold_state(st: Station) -> dict:
         "calibrated": st.calibrated_threshold,
         "rule": cal.rule if cal else "",
         "source": cal.source if cal else "",
+        "model_id": st.model_id,
+        # a change applies to the scores it was made on (a checkpoint and its ONNX export share them):
+        # history[].this_model, and the newest change when it was made for another model
+        "scale_id": st.scale_id,
+        "change_for_other_model": st.change_for_other_model(),
         "history": st.threshold_history(),
     }
 
@@ -313,6 +318,7 @@ def threshold_analysis(request: Request):
         "reviewed_good": st.reviewed_scores(db.REVIEWED_GOOD),
         "reviewed_defect": st.reviewed_scores(db.REVIEWED_DEFECT),
         "labelled_defect": list(cal.defect_scores) if cal else [],  # given at training (--val-defects)
+        "reviewed_other_models": st.reviewed_by_other_models(),  # not shown: another scale
     }
     # A starting point for the person, never applied by itself: the value that best splits every good score
     # shown from every defect's (Youden's J, as `--threshold-rule youden` at training).

@@ -1,4 +1,4 @@
-"""The results database: one row per inspection, one row per threshold change.
+"""The results database: one row per inspection, one row per threshold change (for one model).
 
 SQLAlchemy Core over SQLite (default, WAL mode, a file next to the images) or PostgreSQL; the schema is
 made and upgraded by the Alembic migrations in `migrations/`, run at start-up. Times are stored as naive
@@ -29,6 +29,9 @@ inspections = sa.Table(
     sa.Column("decision", sa.String(8), nullable=False, index=True),
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("model_id", sa.String(64), nullable=False),
+    # Calibration.scale_id of the model that scored it (NULL: recorded before migration 0002); one for a
+    # checkpoint and its ONNX export, so their scores are shown together on the threshold page.
+    sa.Column("scale_id", sa.String(64)),
     sa.Column("model_name", sa.String(255), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("decode_ms", sa.Float, nullable=False),
@@ -61,6 +64,11 @@ threshold_changes = sa.Table(
     sa.Column("by", sa.String(255)),
     sa.Column("note", sa.Text),
     sa.Column("at", sa.DateTime, nullable=False),
+    # The scores the value was chosen on: a change applies to the models of its scale_id (a checkpoint and its
+    # ONNX export), never to another model, whose scores are on another scale. Changes made before migration
+    # 0002 have only the model_id of the model serving then (NULL without any inspection) and apply to it.
+    sa.Column("model_id", sa.String(64)),
+    sa.Column("scale_id", sa.String(64)),
 )
 
 

@@ -88,11 +88,25 @@ class Station:
         self.predictor = Predictor.open(settings.model, backend=settings.backend, threads=settings.threads)
         self.model_sha256 = file_sha256(settings.model)
         self.model_id = self.model_sha256[:12]
+        # A threshold belongs to the scores it was chosen on: this id is one for a checkpoint and its ONNX
+        # export and another for a retrained model. Without held-out scores, the file stands for them.
+        cal = self.predictor.calibration
+        self.scale_id = (cal.scale_id() if cal else None) or self.model_id
         self.colour_range = self.predictor.colour_range()
         self.storage = Storage(settings.images)
         self.storage.sweep_temp_files()
         self.engine = db.open_engine(settings.db_url)
         self._threshold = self._threshold_in_force()
+        if other := self.change_for_other_model():
+            log.warning(
+                "threshold %.4g in force for model %s; the last change (to %.4g, %s) was for model %s, "
+                "whose scores are on another scale, and does not apply to this one",
+                self._threshold,
+                self.model_id,
+                other["value"],
+                other["at"],
+                other["model_id"] or "unknown",
+            )
         self.metrics = Metrics()
         self.listeners: list[Callable[[dict], None]] = []  # called with each committed record
         self.publisher = None
@@ -109,10 +123,21 @@ class Station:
         cal = self.predictor.calibration
         return cal.threshold if cal else None
 
+    def on_this_scale(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        """Rows (inspections, threshold changes) of this model's score scale; rows from before migration 0002
+        have no scale_id, and those of this very file count."""
+        c = table.c  # never NULL (SQL's NULL = x is NULL), so its negation counts the other rows
+        return (c.scale_id.is_not(None) & (c.scale_id == self.scale_id)) | (
+            c.scale_id.is_(None) & c.model_id.is_not(None) & (c.model_id == self.model_id)
+        )
+
     def _threshold_in_force(self) -> float:
+        """The last change made on this model's scores, else its calibrated value: a value chosen on another
+        model's scores means nothing on this one's (a retrained model's scores are on another scale)."""
+        t = db.threshold_changes
         with self.engine.connect() as conn:
             last = conn.execute(
-                sa.select(db.threshold_changes.c.value).order_by(db.threshold_changes.c.id.desc()).limit(1)
+                sa.select(t.c.value).where(self.on_this_scale(t)).order_by(t.c.id.desc()).limit(1)
             ).scalar()
         value = last if last is not None else self.calibrated_threshold
         if value is None:
@@ -135,16 +160,24 @@ class Station:
         with self.engine.begin() as conn:
             conn.execute(
                 db.threshold_changes.insert().values(
-                    value=value, previous=self._threshold, by=by, note=note, at=db.utcnow()
+                    value=value,
+                    previous=self._threshold,
+                    by=by,
+                    note=note,
+                    at=db.utcnow(),
+                    model_id=self.model_id,
+                    scale_id=self.scale_id,
                 )
             )
         self._threshold = value  # after the commit: what is in force is what is recorded
         return value
 
     def threshold_history(self) -> list[dict]:
+        """Every change, newest first; `this_model`: made on this model's scores (so it may be in force)."""
         t = db.threshold_changes
+        mine = self.on_this_scale(t).label("this_model")
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t).order_by(t.c.id.desc())).mappings().all()
+            rows = conn.execute(sa.select(t, mine).order_by(t.c.id.desc())).mappings().all()
         return [
             {
                 "value": r["value"],
@@ -152,9 +185,17 @@ class Station:
                 "by": r["by"],
                 "note": r["note"],
                 "at": db.iso(r["at"]),
+                "model_id": r["model_id"],
+                "this_model": bool(r["this_model"]),
             }
             for r in rows
         ]
+
+    def change_for_other_model(self) -> dict | None:
+        """The newest threshold change, when it was made for another model than this one (and so is not in
+        force here): what the operator of a station restarted on a retrained model needs to be told."""
+        history = self.threshold_history()
+        return history[0] if history and not history[0]["this_model"] else None
 
     # ---- the bounded queue ----------------------------------------------------------------------
     def admit(self) -> None:
@@ -213,6 +254,7 @@ class Station:
             "decision": decision,
             "threshold": threshold,
             "model_id": self.model_id,
+            "scale_id": self.scale_id,
             "model_name": self.settings.model.name,
             "model_version": f"rd2t {rd2t.__version__}",
             "decode_ms": round(decode_ms, 3),
@@ -362,9 +404,20 @@ class Station:
         return self.get(inspection_id) if n else None
 
     def reviewed_scores(self, states) -> list[float]:
+        """Scores of the inspections reviewed as one of `states` that this model scored (another model's
+        scores are on another scale)."""
         t = db.inspections
+        mine = sa.select(t.c.score).where(t.c.review_state.in_(states), self.on_this_scale(t))
         with self.engine.connect() as conn:
-            return [s for (s,) in conn.execute(sa.select(t.c.score).where(t.c.review_state.in_(states)))]
+            return [s for (s,) in conn.execute(mine)]
+
+    def reviewed_by_other_models(self) -> int:
+        """How many reviewed inspections other models scored (left out of reviewed_scores)."""
+        t = db.inspections
+        states = db.REVIEWED_GOOD + db.REVIEWED_DEFECT
+        others = sa.select(sa.func.count()).where(t.c.review_state.in_(states), ~self.on_this_scale(t))
+        with self.engine.connect() as conn:
+            return int(conn.execute(others).scalar() or 0)
 
     def reviewed_rows(self, states: tuple[str, ...]) -> list[dict]:
         """Inspections reviewed as one of `states` (db.REVIEWED_GOOD or REVIEWED_DEFECT), oldest first."""

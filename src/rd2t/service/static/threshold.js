@@ -122,19 +122,22 @@ valueBox.addEventListener("input", () => {
   if (valueBox.value.trim() && isFinite(v)) setTrial(v, true);
 });
 
+// Each change belongs to the scores it was made on; other models' rows are greyed (the same as threshold.html).
 function showHistory(history) {
   const table = document.createElement("table");
   table.className = "list";
   table.id = "history";
   const head = table.createTHead().insertRow();
-  for (const h of ["When", "Who", "From", "To", "Note"]) head.append(Object.assign(document.createElement("th"), { textContent: h }));
+  for (const h of ["When", "Who", "From", "To", "Model", "Note"]) head.append(Object.assign(document.createElement("th"), { textContent: h }));
   const body = table.createTBody();
   for (const h of history) {
     const row = body.insertRow();
+    if (!h.this_model) row.className = "other-model";
     const time = document.createElement("time");
     time.setAttribute("datetime", h.at);
     row.insertCell().append(time);
-    for (const text of [h.by || "—", fmtScore(h.previous), fmtScore(h.value), h.note || ""]) row.insertCell().textContent = text;
+    const model = (h.model_id || "unknown") + (h.this_model ? " (these scores)" : "");
+    for (const text of [h.by || "—", fmtScore(h.previous), fmtScore(h.value), model, h.note || ""]) row.insertCell().textContent = text;
     row.cells[2].className = row.cells[3].className = "num";
   }
   localTimes(table);
@@ -159,6 +162,7 @@ document.getElementById("apply-form").addEventListener("submit", async (event) =
       if (e) e.textContent = fmtScore(t.value);
     }
     showHistory(t.history);
+    document.getElementById("other-model-note")?.remove(); // this model's own change is in force now
     showMessage(message, `Applied: the next inspection uses ${fmtScore(t.value)}.`, "ok");
     setTrial(current);
   } catch (e) {
