@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,9 +105,15 @@ def _read_lines(proc: subprocess.Popen, n: int, timeout: float = 120) -> list[st
 
 def _read_rest(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
     """Everything else the process writes, through the same buffered streams `_read_lines` used:
-    communicate() reads the raw pipes and loses lines a readline() already pulled into the buffer."""
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.wait(timeout=timeout)
+    communicate() reads the raw pipes and loses lines a readline() already pulled into the buffer. A
+    process still running after `timeout` is killed, so a hang fails the test instead of stalling it."""
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait()
+    finally:
+        killer.cancel()
     return out, err
 
 

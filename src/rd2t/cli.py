@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -79,6 +83,30 @@ ConfigFile = Annotated[
 Sets = Annotated[
     list[str] | None, typer.Option("--set", help="Any config field: --set sigma=2 (repeatable).")
 ]
+
+
+@contextmanager
+def _ctrl_c_sets_a_flag() -> Iterator[threading.Event]:
+    """While scoring, the first Ctrl-C sets a flag the loop reads between images instead of raising
+    KeyboardInterrupt wherever the main thread is: raised inside the writer thread's future, it can leave a
+    lock held, and the exit then waits for that thread forever. A second Ctrl-C raises as usual."""
+    flag = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else signal.SIG_IGN
+    if previous is signal.SIG_IGN:  # not the main thread, or Ctrl-C ignored by whoever started us
+        yield flag
+        return
+
+    def first_then_raise(signum, frame) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    signal.signal(signal.SIGINT, first_then_raise)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @app.command()
@@ -245,31 +273,36 @@ def predict(
     if writer:
         writer.writerow(["path", "score", "defective", "threshold", "overlay", "mask"])
     n_ok = n_bad = n_err = 0
+    interrupted = "interrupted after {} scored images: their results are above, their files complete"
     try:
-        for rec in det.predict_files(
-            paths,
-            out=out,
-            masks=masks,
-            threshold=threshold,
-            batch_size=batch_size,
-            overlay_format=overlay_format.value,
-        ):
-            if isinstance(rec, RD2TError):
-                n_err += 1
-                typer.echo(f"error: {rec}", err=True)
-                continue
-            n_ok += 1
-            n_bad += bool(rec.defective)
-            row = rec.to_dict()
-            if writer:
-                writer.writerow(row.values())
-            else:
-                stream.write(json.dumps(row) + "\n")
-            stream.flush()
-    except KeyboardInterrupt:
-        typer.echo(
-            f"interrupted after {n_ok} scored images: their results are above, their files complete", err=True
-        )
+        with _ctrl_c_sets_a_flag() as ctrl_c:
+            records = det.predict_files(
+                paths,
+                out=out,
+                masks=masks,
+                threshold=threshold,
+                batch_size=batch_size,
+                overlay_format=overlay_format.value,
+            )
+            for rec in records:
+                if isinstance(rec, RD2TError):
+                    n_err += 1
+                    typer.echo(f"error: {rec}", err=True)
+                else:
+                    n_ok += 1
+                    n_bad += bool(rec.defective)
+                    row = rec.to_dict()
+                    if writer:
+                        writer.writerow(row.values())
+                    else:
+                        stream.write(json.dumps(row) + "\n")
+                    stream.flush()
+                if ctrl_c.is_set():
+                    records.close()  # waits for the pictures being written: every file on disk is whole
+                    typer.echo(interrupted.format(n_ok), err=True)
+                    raise typer.Exit(130)
+    except KeyboardInterrupt:  # a second Ctrl-C: out at once
+        typer.echo(interrupted.format(n_ok), err=True)
         raise typer.Exit(130) from None
     except OSError as e:  # writing the results file or stdout (full disk, closed pipe); overlays: OutputError
         raise OutputError(f"{output or 'stdout'}: cannot write ({e.strerror or type(e).__name__})") from None
