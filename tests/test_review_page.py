@@ -301,6 +301,46 @@ def test_review_path(station, browser, screenshots):
     assert not errors, errors
 
 
+def test_reviews_made_under_an_earlier_model_are_scored_again_on_request(
+    station, browser, screenshots, trained_cli_model, tmp_path
+):
+    """Parts reviewed while another model served (another scale) are left out of the threshold page until
+    someone asks: then the running station scores their stored originals with its own model, and they join
+    its reviewed-good row with the scores it gives them."""
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    earlier = Checkpoint.load(trained_cli_model)  # the same weights on another scale, as a retrained model
+    earlier.calibration.scores = [3 * v for v in earlier.calibration.scores]
+    earlier_path = earlier.save(tmp_path / "earlier" / "model.pt")
+    before = len(station.get("/v1/threshold/analysis").json()["reviewed_good"])
+    old = Station(StationSettings(earlier_path, images=station.images, threads=1))
+    try:
+        ids = [old.inspect(png(300 + i), f"old{i}.png")["id"] for i in range(2)]
+        for i in ids:
+            old.review(i, "false_alarm", "reviewed under the earlier model", "Ana")
+    finally:
+        old.close()
+    errors: list = []
+    page = new_page(browser, errors)
+    sign_in(page, station.base, TOKEN, "/threshold")
+    page.wait_for_url(station.base + "/threshold")
+    sync_api.expect(page.locator("#other-model-reviews")).to_contain_text("2 reviewed inspections scored by")
+    shot = screenshots / "threshold-other-model.png"
+    page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    page.click("#rescore")
+    sync_api.expect(page.locator("#other-model-reviews")).to_have_count(0)  # reloaded: all scored again
+    page.close()
+    assert not errors, errors
+    analysis = station.get("/v1/threshold/analysis").json()
+    assert len(analysis["reviewed_good"]) == before + 2 and analysis["reviewed_other_models"] == 0
+    mine = Predictor.open(station.get("/v1/model").json()["path"])  # the running model scores them so
+    for i in ids:
+        stored = Image.open(io.BytesIO(station.get(f"/v1/inspections/{i}/image").content))
+        score = mine.predict_one(stored).score
+        assert any(abs(score - v) <= 1e-5 * max(1.0, abs(v)) for v in analysis["reviewed_good"])
+
+
 def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(station, browser, screenshots):
     """A line months in: 150k reviewed parts. Their scores are the page's data; spreading that many into one
     Math.min call overflows V8's stack (a RangeError, and no chart). The page draws and counts them all.

@@ -246,6 +246,32 @@ def test_an_older_database_keeps_each_threshold_change_with_its_model(backend, t
             station.close()
 
 
+def test_rescoring_skips_an_unreadable_original_and_scores_the_rest(trained_cli_model, tmp_path):
+    """One stored original gone bad does not stop the others being scored again; it is counted, tried once,
+    and stays out of the threshold page's scores."""
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    first = Station(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1))
+    try:
+        recs = [first.inspect(data, f"p{i}.png") for i, data in enumerate(images(3, seed=61))]
+        for r in recs:
+            first.review(r["id"], "confirmed_good", None, "qa")
+    finally:
+        first.close()
+    (tmp_path / "st" / first.row(recs[1]["id"])["image_path"]).write_bytes(b"not an image any more")
+    retrained = Checkpoint.load(trained_cli_model)
+    retrained.calibration.scores = [2 * v for v in retrained.calibration.scores]
+    later = Station(StationSettings(retrained.save(tmp_path / "b" / "model.pt"), images=tmp_path / "st"))
+    try:
+        assert later.rescore_reviewed() == {"scored": 2, "unreadable": 1, "total": 3}
+        assert len(later.reviewed_scores(REVIEWED_GOOD)) == 2
+        assert later.reviewed_by_other_models() == 1 and later.reviewed_by_other_models(pending=True) == 0
+        assert later.rescore_reviewed()["total"] == 0  # tried once, recorded as unreadable
+    finally:
+        later.close()
+
+
 def inspect(client, data: bytes, name: str = "part.png", **fields):
     r = client.post("/v1/inspect", files={"file": (name, data, "image/png")}, data=fields)
     return r
@@ -408,6 +434,7 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
     restarted = Station(StationSettings(trained_cli_model, db=settings.db, images=settings.images))
     try:
         assert restarted.threshold == new and restarted.change_for_other_model() is None
+        first_scores = restarted.reviewed_scores(REVIEWED_GOOD)
     finally:
         restarted.close()
 
@@ -426,6 +453,12 @@ def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_p
         note = other.change_for_other_model()
         assert note is not None and note["value"] == new and note["model_id"] == restarted.model_id
         assert other.reviewed_scores(REVIEWED_GOOD) == [] and other.reviewed_by_other_models() >= 1
+        # Asked to, it scores the reviewed originals again with its own model (the same weights here, so the
+        # same scores), and then shows them; nothing is left to do a second time.
+        left = other.reviewed_by_other_models()
+        assert other.rescore_reviewed() == {"scored": left, "unreadable": 0, "total": left}
+        assert sorted(other.reviewed_scores(REVIEWED_GOOD)) == pytest.approx(sorted(first_scores), rel=1e-5)
+        assert other.reviewed_by_other_models() == 0 and other.rescore_reviewed()["total"] == 0
         other.set_threshold(7.5, by="qa", note="retrained model")
         assert (
             other.change_for_other_model() is None

@@ -319,12 +319,26 @@ def threshold_analysis(request: Request):
         "reviewed_defect": st.reviewed_scores(db.REVIEWED_DEFECT),
         "labelled_defect": list(cal.defect_scores) if cal else [],  # given at training (--val-defects)
         "reviewed_other_models": st.reviewed_by_other_models(),  # not shown: another scale
+        "rescore_pending": st.reviewed_by_other_models(pending=True),  # of those, not yet scored again
     }
     # A starting point for the person, never applied by itself: the value that best splits every good score
     # shown from every defect's (Youden's J, as `--threshold-rule youden` at training).
     good, defects = a["validation_good"] + a["reviewed_good"], a["reviewed_defect"] + a["labelled_defect"]
     a["suggested"] = youden(good, defects) if good and defects else None
     return a
+
+
+@api.post(
+    "/threshold/rescore",
+    summary="Score again, with this model, the reviewed inspections other models scored (in the background)",
+)
+def start_rescore(request: Request):
+    return station_of(request).start_rescoring()
+
+
+@api.get("/threshold/rescore", summary="Progress of the rescoring: running, scored, unreadable, total")
+def rescore_progress(request: Request):
+    return station_of(request).rescoring()
 
 
 @api.get("/model")

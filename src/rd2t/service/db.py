@@ -1,4 +1,5 @@
-"""The results database: one row per inspection, one row per threshold change (for one model).
+"""The results database: one row per inspection, one row per threshold change (for one model), and the
+scores later models gave to reviewed inspections.
 
 SQLAlchemy Core over SQLite (default, WAL mode, a file next to the images) or PostgreSQL; the schema is
 made and upgraded by the Alembic migrations in `migrations/`, run at start-up. Times are stored as naive
@@ -69,6 +70,21 @@ threshold_changes = sa.Table(
     # 0002 have only the model_id of the model serving then (NULL without any inspection) and apply to it.
     sa.Column("model_id", sa.String(64)),
     sa.Column("scale_id", sa.String(64)),
+)
+
+
+# Reviewed inspections scored again by a later model (the threshold page's "score them with this model"),
+# so its threshold can be chosen on its own scale with the reviews already made. NULL score: the stored
+# original could not be read.
+rescores = sa.Table(
+    "rescores",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("inspection_id", sa.Integer, nullable=False),
+    sa.Column("scale_id", sa.String(64), nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("inspection_id", "scale_id", name="uq_rescores_inspection_scale"),
 )
 
 

@@ -116,6 +116,9 @@ class Station:
             self.publisher = Publisher(settings.mqtt)
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._stop = threading.Event()  # set by close(): a background rescoring ends
+        self._rescorer: threading.Thread | None = None
+        self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
 
     # ---- threshold: a row per change, the last one in force -------------------------------------
     @property
@@ -404,20 +407,86 @@ class Station:
         return self.get(inspection_id) if n else None
 
     def reviewed_scores(self, states) -> list[float]:
-        """Scores of the inspections reviewed as one of `states` that this model scored (another model's
-        scores are on another scale)."""
-        t = db.inspections
+        """Scores on this model's scale of the inspections reviewed as one of `states`: those it scored, and
+        those another model scored that it has scored again (rescore_reviewed); another model's own scores
+        are on another scale and left out."""
+        t, r = db.inspections, db.rescores
         mine = sa.select(t.c.score).where(t.c.review_state.in_(states), self.on_this_scale(t))
+        again = (
+            sa.select(r.c.score)
+            .join(t, r.c.inspection_id == t.c.id)
+            .where(t.c.review_state.in_(states), ~self.on_this_scale(t))
+            .where(r.c.scale_id == self.scale_id, r.c.score.is_not(None))
+        )
         with self.engine.connect() as conn:
-            return [s for (s,) in conn.execute(mine)]
+            return [s for (s,) in conn.execute(sa.union_all(mine, again))]
 
-    def reviewed_by_other_models(self) -> int:
-        """How many reviewed inspections other models scored (left out of reviewed_scores)."""
-        t = db.inspections
+    def _reviewed_elsewhere(self, *, counting_unreadable: bool) -> sa.Select:
+        """Reviewed inspections another model scored and this one has not (yet) scored again; with
+        `counting_unreadable`, those whose original it could not read count as not scored."""
+        t, r = db.inspections, db.rescores
+        done = sa.select(r.c.id).where(r.c.inspection_id == t.c.id, r.c.scale_id == self.scale_id)
+        if counting_unreadable:
+            done = done.where(r.c.score.is_not(None))
         states = db.REVIEWED_GOOD + db.REVIEWED_DEFECT
-        others = sa.select(sa.func.count()).where(t.c.review_state.in_(states), ~self.on_this_scale(t))
+        return sa.select(t).where(t.c.review_state.in_(states), ~self.on_this_scale(t), ~done.exists())
+
+    def reviewed_by_other_models(self, *, pending: bool = False) -> int:
+        """How many reviewed inspections are left out of reviewed_scores, scored by other models only; with
+        `pending`, only those rescore_reviewed has not tried (the rest: their original could not be read)."""
+        left = self._reviewed_elsewhere(counting_unreadable=not pending).subquery()
         with self.engine.connect() as conn:
-            return int(conn.execute(others).scalar() or 0)
+            return int(conn.execute(sa.select(sa.func.count()).select_from(left)).scalar() or 0)
+
+    def rescore_reviewed(self, stop: threading.Event | None = None) -> dict:
+        """Score again, with this model, the stored original of every reviewed inspection another model
+        scored (newest first), so its threshold page shows the reviews made before it on its own scale.
+        Live inspections go first: it waits while any is in flight. An original that cannot be read is
+        recorded as such and counted, the rest go on. Returns {"scored", "unreadable"} counts."""
+        pending = self._reviewed_elsewhere(counting_unreadable=False).order_by(db.inspections.c.id.desc())
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(pending).mappings()]
+        done = {"scored": 0, "unreadable": 0, "total": len(rows)}
+        self.rescore_progress = done
+        for row in rows:
+            while self._in_flight and not (stop and stop.is_set()):
+                time.sleep(0.02)
+            if stop and stop.is_set():
+                break
+            try:
+                path = self.storage.path(row["image_path"])
+                image, _ = open_image(path.read_bytes(), str(path), self.settings.max_pixels)
+                score = self.predictor.predict_one(image, threshold=self._threshold).score
+            except (RD2TError, OSError) as e:
+                log.warning("rescoring inspection %s: %s", row["id"], e)
+                score = None
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        db.rescores.insert().values(
+                            inspection_id=row["id"], scale_id=self.scale_id, score=score, at=db.utcnow()
+                        )
+                    )
+            except sa.exc.IntegrityError:  # another process on the same database scored it first
+                pass
+            done["scored" if score is not None else "unreadable"] += 1
+        return done
+
+    def start_rescoring(self) -> dict:
+        """rescore_reviewed in a background thread (one at a time); returns the progress so far."""
+        with self._lock:
+            if self._rescorer is None or not self._rescorer.is_alive():
+                self.rescore_progress = {"scored": 0, "unreadable": 0, "total": None}
+                self._rescorer = threading.Thread(
+                    target=self.rescore_reviewed, args=(self._stop,), name="rescore", daemon=True
+                )
+                self._rescorer.start()
+        return self.rescoring()
+
+    def rescoring(self) -> dict:
+        """{"running", "scored", "unreadable", "total"} of the last start_rescoring."""
+        running = self._rescorer is not None and self._rescorer.is_alive()
+        return {"running": running, **self.rescore_progress}
 
     def reviewed_rows(self, states: tuple[str, ...]) -> list[dict]:
         """Inspections reviewed as one of `states` (db.REVIEWED_GOOD or REVIEWED_DEFECT), oldest first."""
@@ -470,6 +539,9 @@ class Station:
         return {"model": self.predictor is not None, "database": ok_db, "images": ok_files}
 
     def close(self) -> None:
+        self._stop.set()
+        if self._rescorer is not None:
+            self._rescorer.join(timeout=10)
         if self.publisher:
             self.publisher.close()
         self.engine.dispose()

@@ -122,6 +122,24 @@ valueBox.addEventListener("input", () => {
   if (valueBox.value.trim() && isFinite(v)) setTrial(v, true);
 });
 
+// Reviews made under an earlier model: scored again by this one in the background (live inspections first),
+// then the page reloads with them on this model's scale.
+const rescoreButton = document.getElementById("rescore");
+if (rescoreButton) {
+  rescoreButton.addEventListener("click", async () => {
+    rescoreButton.disabled = true;
+    const progress = document.getElementById("rescore-progress");
+    let p = await api("/v1/threshold/rescore", {});
+    while (p.running) {
+      progress.textContent = p.total ? `${fmtCount(p.scored + p.unreadable)} of ${fmtCount(p.total)}…` : "starting…";
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      p = await api("/v1/threshold/rescore");
+    }
+    progress.textContent = "done";
+    location.reload(); // the page counts any whose stored image could not be read
+  });
+}
+
 // Each change belongs to the scores it was made on; other models' rows are greyed (the same as threshold.html).
 function showHistory(history) {
   const table = document.createElement("table");
