@@ -442,8 +442,13 @@ class Station:
         """Score again, with this model, the stored original of every reviewed inspection another model
         scored (newest first), so its threshold page shows the reviews made before it on its own scale.
         Live inspections go first: it waits while any is in flight. An original that cannot be read is
-        recorded as such and counted, the rest go on. Returns {"scored", "unreadable"} counts."""
-        pending = self._reviewed_elsewhere(counting_unreadable=False).order_by(db.inspections.c.id.desc())
+        recorded as such and counted, the rest go on. Returns the counts {"scored", "unreadable", "total"}."""
+        t = db.inspections
+        pending = (
+            self._reviewed_elsewhere(counting_unreadable=False)
+            .with_only_columns(t.c.id, t.c.image_path)  # a long review history: two columns a row
+            .order_by(t.c.id.desc())
+        )
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(pending).mappings()]
         done = {"scored": 0, "unreadable": 0, "total": len(rows)}
