@@ -279,6 +279,7 @@ def review(request: Request, inspection_id: int, body: ReviewIn):
 
 def threshold_state(st: Station) -> dict:
     cal = st.predictor.calibration
+    history = st.threshold_history()
     return {
         "value": st.threshold,
         "calibrated": st.calibrated_threshold,
@@ -288,8 +289,8 @@ def threshold_state(st: Station) -> dict:
         # a change applies to the scores it was made on (a checkpoint and its ONNX export share them):
         # history[].this_model, and the newest change when it was made for another model
         "scale_id": st.scale_id,
-        "change_for_other_model": st.change_for_other_model(),
-        "history": st.threshold_history(),
+        "change_for_other_model": st.change_for_other_model(history),
+        "history": history,
     }
 
 

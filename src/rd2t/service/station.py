@@ -194,10 +194,11 @@ class Station:
             for r in rows
         ]
 
-    def change_for_other_model(self) -> dict | None:
+    def change_for_other_model(self, history: list[dict] | None = None) -> dict | None:
         """The newest threshold change, when it was made for another model than this one (and so is not in
-        force here): what the operator of a station restarted on a retrained model needs to be told."""
-        history = self.threshold_history()
+        force here): what the operator of a station restarted on a retrained model needs to be told.
+        `history`: threshold_history() when the caller has read it already."""
+        history = self.threshold_history() if history is None else history
         return history[0] if history and not history[0]["this_model"] else None
 
     # ---- the bounded queue ----------------------------------------------------------------------
