@@ -328,6 +328,14 @@ def test_reviews_made_under_an_earlier_model_are_scored_again_on_request(
     sync_api.expect(page.locator("#other-model-reviews")).to_contain_text("2 reviewed inspections scored by")
     shot = screenshots / "threshold-other-model.png"
     page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    page.route("**/v1/threshold/rescore", lambda route: route.abort())  # the station out of reach
+    page.click("#rescore")
+    sync_api.expect(page.locator("#rescore-progress")).to_contain_text("rescoring failed:")
+    sync_api.expect(page.locator("#rescore")).to_be_enabled()  # it can be pressed again
+    page.screenshot(
+        path=str(screenshots / "threshold-rescore-failed.png"), full_page=True, animations="disabled"
+    )
+    page.unroute("**/v1/threshold/rescore")
     page.click("#rescore")
     sync_api.expect(page.locator("#other-model-reviews")).to_have_count(0)  # reloaded: all scored again
     page.close()

@@ -272,6 +272,57 @@ def test_rescoring_skips_an_unreadable_original_and_scores_the_rest(trained_cli_
         later.close()
 
 
+def rescoring_done(station, timeout: float = 120) -> dict:
+    t0 = time.time()
+    while (progress := station.rescoring())["running"] and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    return progress
+
+
+def test_rescoring_stops_on_request_keeps_what_it_scored_and_reports_a_failure(trained_cli_model, tmp_path):
+    """A long review history is scored again in the background: Stop ends it after the current image, what
+    was scored stays and the rest is scored by the next start; a failure (here the database losing the
+    table) ends it with a one-line reason, not silently."""
+    import sqlalchemy as sa
+
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    db_url = f"sqlite:///{tmp_path / 'st.db'}"
+    first = Station(StationSettings(trained_cli_model, db=db_url, images=tmp_path / "st", threads=1))
+    try:
+        for i, data in enumerate(images(24, seed=62)):
+            first.review(first.inspect(data, f"p{i}.png")["id"], "confirmed_good", None, "qa")
+    finally:
+        first.close()
+    retrained = Checkpoint.load(trained_cli_model)
+    retrained.calibration.scores = [2 * v for v in retrained.calibration.scores]
+    later_model = retrained.save(tmp_path / "b" / "model.pt")
+    later = Station(StationSettings(later_model, db=db_url, images=tmp_path / "st", threads=1))
+    try:
+        later.start_rescoring()
+        stopped = later.stop_rescoring()
+        assert not stopped["running"] and stopped["stopped"] and stopped["total"] == 24
+        assert stopped["scored"] < 24
+        assert later.reviewed_by_other_models(pending=True) == 24 - stopped["scored"]
+        assert len(later.reviewed_scores(REVIEWED_GOOD)) == stopped["scored"]  # kept
+        later.start_rescoring()
+        rest = rescoring_done(later)
+        assert rest == {"running": False, "scored": 24 - stopped["scored"], "unreadable": 0, "total": 24}
+        assert len(later.reviewed_scores(REVIEWED_GOOD)) == 24
+    finally:
+        later.close()
+    third = Station(StationSettings(trained_cli_model, db=db_url, images=tmp_path / "st", threads=1))
+    try:
+        with third.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE rescores"))
+        third.start_rescoring()
+        failed = rescoring_done(third)
+        assert not failed["running"] and "rescores" in failed["error"] and "\n" not in failed["error"]
+    finally:
+        third.close()
+
+
 def inspect(client, data: bytes, name: str = "part.png", **fields):
     r = client.post("/v1/inspect", files={"file": (name, data, "image/png")}, data=fields)
     return r

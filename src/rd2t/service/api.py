@@ -337,7 +337,17 @@ def start_rescore(request: Request):
     return station_of(request).start_rescoring()
 
 
-@api.get("/threshold/rescore", summary="Progress of the rescoring: running, scored, unreadable, total")
+@api.post(
+    "/threshold/rescore/stop", summary="Stop the rescoring after its current image; what it scored stays"
+)
+def stop_rescore(request: Request):
+    return station_of(request).stop_rescoring()
+
+
+@api.get(
+    "/threshold/rescore",
+    summary="Progress of the rescoring: running, scored, unreadable, total (and stopped, or error: one line)",
+)
 def rescore_progress(request: Request):
     return station_of(request).rescoring()
 

@@ -116,7 +116,7 @@ class Station:
             self.publisher = Publisher(settings.mqtt)
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._stop = threading.Event()  # set by close(): a background rescoring ends
+        self._stop_rescoring = threading.Event()  # set by stop_rescoring() and close()
         self._rescorer: threading.Thread | None = None
         self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
 
@@ -482,15 +482,34 @@ class Station:
         """rescore_reviewed in a background thread (one at a time); returns the progress so far."""
         with self._lock:
             if self._rescorer is None or not self._rescorer.is_alive():
+                self._stop_rescoring.clear()
                 self.rescore_progress = {"scored": 0, "unreadable": 0, "total": None}
                 self._rescorer = threading.Thread(
-                    target=self.rescore_reviewed, args=(self._stop,), name="rescore", daemon=True
+                    target=self._rescore_in_background, name="rescore", daemon=True
                 )
                 self._rescorer.start()
         return self.rescoring()
 
+    def _rescore_in_background(self) -> None:
+        try:
+            done = self.rescore_reviewed(self._stop_rescoring)
+            if self._stop_rescoring.is_set() and done["scored"] + done["unreadable"] < done["total"]:
+                self.rescore_progress = {**done, "stopped": True}
+        except Exception as e:  # the database went away, say: the page shows why, nothing half-recorded
+            log.exception("rescoring stopped")
+            reason = " ".join(str(e).split())[:300]  # one line; SQLAlchemy appends SQL and a link
+            self.rescore_progress = {**self.rescore_progress, "error": f"{type(e).__name__}: {reason}"}
+
+    def stop_rescoring(self) -> dict:
+        """Ask a running rescoring to stop after the image it is on; returns the progress once it has."""
+        self._stop_rescoring.set()
+        if self._rescorer is not None:
+            self._rescorer.join(timeout=30)
+        return self.rescoring()
+
     def rescoring(self) -> dict:
-        """{"running", "scored", "unreadable", "total"} of the last start_rescoring."""
+        """{"running", "scored", "unreadable", "total"} of the last start_rescoring, with "stopped": true if
+        stop_rescoring ended it early, or "error": one line if it failed."""
         running = self._rescorer is not None and self._rescorer.is_alive()
         return {"running": running, **self.rescore_progress}
 
@@ -545,7 +564,7 @@ class Station:
         return {"model": self.predictor is not None, "database": ok_db, "images": ok_files}
 
     def close(self) -> None:
-        self._stop.set()
+        self._stop_rescoring.set()
         if self._rescorer is not None:
             self._rescorer.join(timeout=10)
         if self.publisher:

@@ -123,20 +123,42 @@ valueBox.addEventListener("input", () => {
 });
 
 // Reviews made under an earlier model: scored again by this one in the background (live inspections first),
-// then the page reloads with them on this model's scale.
+// then the page reloads with them on this model's scale (also after Stop: what was scored counts). A failure
+// is shown beside the button, which can be pressed again.
 const rescoreButton = document.getElementById("rescore");
 if (rescoreButton) {
+  const progress = document.getElementById("rescore-progress");
+  const stopButton = document.getElementById("rescore-stop");
+  stopButton.addEventListener("click", async () => {
+    stopButton.disabled = true;
+    try {
+      await api("/v1/threshold/rescore/stop", {});
+    } catch (e) {
+      progress.textContent = `could not stop: ${e.message}`;
+      stopButton.disabled = false;
+    }
+  });
   rescoreButton.addEventListener("click", async () => {
     rescoreButton.disabled = true;
-    const progress = document.getElementById("rescore-progress");
-    let p = await api("/v1/threshold/rescore", {});
-    while (p.running) {
-      progress.textContent = p.total ? `${fmtCount(p.scored + p.unreadable)} of ${fmtCount(p.total)}…` : "starting…";
-      await new Promise((resolve) => setTimeout(resolve, 500));
-      p = await api("/v1/threshold/rescore");
+    progress.textContent = "starting…";
+    try {
+      let p = await api("/v1/threshold/rescore", {});
+      stopButton.hidden = false;
+      while (p.running) {
+        progress.textContent = p.total ? `${fmtCount(p.scored + p.unreadable)} of ${fmtCount(p.total)}…` : "starting…";
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        p = await api("/v1/threshold/rescore");
+      }
+      if (p.error) throw new Error(p.error);
+      progress.textContent = p.stopped ? "stopped" : "done";
+      location.reload(); // the page counts any whose stored image could not be read, and any left
+    } catch (e) {
+      const why = e instanceof TypeError ? "the station could not be reached" : e.message; // fetch's own
+      progress.textContent = `rescoring failed: ${why}`;
+      progress.className = "notice error";
+      stopButton.hidden = true;
+      rescoreButton.disabled = false;
     }
-    progress.textContent = "done";
-    location.reload(); // the page counts any whose stored image could not be read
   });
 }
 
