@@ -493,10 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {e}", err=True)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: the last completed epoch's checkpoint is intact; rerun with --resume", err=True
-        )
+    except KeyboardInterrupt:  # `train` and `predict` say what they kept; elsewhere nothing was half-written
+        typer.echo("interrupted", err=True)
         return 130
     except typer.Exit as e:
         return e.exit_code

@@ -323,11 +323,13 @@ def fit_memory_bank(
     unit = "tiles" if tiled else "images"
     fitted = {}  # (stride, combine) -> (criteria, share, bank)
     good_terms = terms_of(held_out)
-    between = between_image_share(good_terms[0])
-    print(
-        f"memory bank: {between:.3f} of the student term's pixel variance lies between held-out good {unit}",
-        file=sys.stderr,
-    )
+    if len(good_terms[0]) > 1:  # a variance between images needs two
+        between = between_image_share(good_terms[0])
+        print(
+            f"memory bank: {between:.3f} of the student term's pixel variance lies between held-out good "
+            f"{unit}",
+            file=sys.stderr,
+        )
     painted_terms = terms_of(painted) if choose else None
     labelled_terms = terms_of(defects.images) if choose and defects is not None else None
     for stride, bank in banks.items():
