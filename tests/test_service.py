@@ -7,9 +7,11 @@ them skip, unless RD2T_REQUIRE_SERVICES=1 (CI), where they fail.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -28,6 +30,7 @@ pytest.importorskip("fastapi", reason="the station needs the [station] extra")
 httpx = pytest.importorskip("httpx")
 
 from rd2t.data import labelled_defects  # noqa: E402
+from rd2t.errors import ConfigError  # noqa: E402
 from rd2t.inference.predictor import Predictor  # noqa: E402
 from rd2t.model.checkpoint import Checkpoint  # noqa: E402
 from rd2t.service.db import REVIEWED_GOOD  # noqa: E402
@@ -321,6 +324,105 @@ def test_rescoring_stops_on_request_keeps_what_it_scored_and_reports_a_failure(t
         assert not failed["running"] and "rescores" in failed["error"] and "\n" not in failed["error"]
     finally:
         third.close()
+
+
+def files_of(station, inspection_id: int) -> list[Path]:
+    row = station.row(inspection_id)
+    return [station.storage.path(row[c]) for c in ("image_path", "overlay_path", "thumb_path")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers_410(
+    backend, trained_cli_model, tmp_path
+):
+    """A line inspecting 20 MP parts fills its disk: --keep-images-days removes the image files of unreviewed
+    inspections past the age, --min-free-gb the oldest ones while the disk is short. The rows (verdict, score,
+    times) stay; reviewed parts keep their images (training and threshold material), and so does a file a
+    kept inspection shares. The links of a pruned inspection answer 410 with the reason, its page says so."""
+    import sqlalchemy as sa
+
+    from rd2t.service.db import inspections
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    with pytest.raises(ConfigError, match=r"^--keep-images-days 0: must be positive"):
+        StationSettings(trained_cli_model, keep_images_days=0)
+    with postgres_database() if backend == "postgresql" else nullcontext(None) as db_url:
+        settings = StationSettings(
+            trained_cli_model, db=db_url, images=tmp_path / "st", threads=1, keep_images_days=30, token="t0k"
+        )
+        station = Station(settings)
+        try:
+            a, b, c, d = (images(4, seed=63)[i] for i in (0, 1, 2, 2))  # c and d: the same image, twice
+            old = [station.inspect(x, f"{n}.png")["id"] for x, n in ((a, "a"), (b, "b"), (c, "c"))]
+            recent = station.inspect(d, "d.png")["id"]
+            station.review(old[1], "false_alarm", "kept for retraining", "qa")
+            with station.engine.begin() as conn:  # inspected 40 days ago
+                for i in old:
+                    t = conn.execute(sa.select(inspections.c.time).where(inspections.c.id == i)).scalar()
+                    conn.execute(
+                        inspections.update()
+                        .where(inspections.c.id == i)
+                        .values(time=t - datetime.timedelta(days=40))
+                    )
+            before = {i: files_of(station, i) for i in (*old, recent)}
+            assert all(f.is_file() for fs in before.values() for f in fs)
+            done = station.prune_images()
+            assert done["inspections"] == 2 and done["files"] == 3 and done["bytes"] > 0  # a and c; a's files
+            assert not any(f.exists() for f in before[old[0]])
+            assert all(f.is_file() for i in (old[1], old[2], recent) for f in before[i])  # reviewed; shared
+            assert station.prune_images()["inspections"] == 0  # done once
+            removed = station.get(old[0])
+            assert removed["images_removed_at"] and removed["score"] > 0 and removed["decision"]
+            assert station.get(recent)["images_removed_at"] is None
+        finally:
+            station.close()
+
+        with running_server(settings) as client:  # starts its retention thread: nothing more is due
+            for link in ("image", "overlay", "thumb"):
+                r = client.get(removed["links"][link])
+                assert r.status_code == 410 and "removed by the retention policy" in r.json()["detail"]
+            assert client.get(f"/v1/inspections/{recent}/image").content == d
+            assert client.get(f"/v1/inspections/{old[0]}").json()["decision"] == removed["decision"]
+            page = client.get(f"/inspections/{old[0]}")
+            assert page.status_code == 200 and "removed by the retention policy" in page.text
+            assert "image removed" in client.get("/").text  # its card in the live view
+
+        # --min-free-gb above what the disk has: every unreviewed inspection's images go, oldest first,
+        # then it stops (with a warning) instead of spinning; the reviewed one keeps its files.
+        free = shutil.disk_usage(tmp_path).free / 1e9
+        short = Station(
+            StationSettings(trained_cli_model, db=db_url, images=tmp_path / "st", min_free_gb=free + 1e4)
+        )
+        try:
+            assert short.prune_images()["inspections"] == 1  # d; the files c shared with it go now
+            assert not any(f.exists() for i in (old[2], recent) for f in before[i])
+            assert all(f.is_file() for f in before[old[1]])
+        finally:
+            short.close()
+
+
+def test_retention_never_removes_a_file_a_new_inspection_counts_on(trained_cli_model, tmp_path):
+    """The same part photographed again while the policy removes its earlier inspection's files: the new
+    inspection writes its files and commits its row only outside a removal (a lock across processes, as
+    serve and watch share a folder), so no kept row ever points at a removed file."""
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    station = Station(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1))
+    data = images(1, seed=64)[0]
+    first = station.inspect(data, "first.png")["id"]
+    try:
+        with station.storage.removing():  # the policy is deciding which of the first's files no row needs
+            again = threading.Thread(target=station.inspect, args=(data, "again.png"))
+            again.start()
+            time.sleep(0.5)
+            assert again.is_alive() and station.list()["total"] == 1, "committed during a removal"
+        again.join(60)
+        second = station.list()["items"][0]["id"]
+        assert second != first and all(f.is_file() for f in files_of(station, second))
+    finally:
+        station.close()
 
 
 def inspect(client, data: bytes, name: str = "part.png", **fields):

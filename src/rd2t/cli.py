@@ -435,6 +435,14 @@ def demo(
     run_demo(out, [c.strip() for c in categories.split(",")], epochs=epochs, seed=seed, device=device)
 
 
+KEEP_DAYS_OPTION = typer.Option(
+    help="Remove the image files of unreviewed inspections older than this (rows stay). Default: keep all."
+)
+MIN_FREE_OPTION = typer.Option(
+    help="While the images disk has less free space than this, remove the oldest unreviewed ones' images."
+)
+
+
 @app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="model.pt checkpoint or exported .onnx")],
@@ -451,13 +459,15 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 50.0,
     max_pixels: Annotated[int, typer.Option(help="Largest width x height.")] = 40_000_000,
     overlay: Annotated[str, typer.Option(help="eager: drawn per verdict; lazy: when viewed.")] = "eager",
+    keep_images_days: Annotated[float | None, KEEP_DAYS_OPTION] = None,
+    min_free_gb: Annotated[float | None, MIN_FREE_OPTION] = None,
 ) -> None:
     """The inspection station: HTTP API, results database, MQTT and the review page (docs/serving.md)."""
     from rd2t.service.app import serve as run
     from rd2t.service.settings import StationSettings
 
     run(StationSettings(model, host, port, db, images, mqtt, token, backend, threads, workers, queue,
-                        max_upload_mb, max_pixels, overlay))  # fmt: skip
+                        max_upload_mb, max_pixels, overlay, keep_images_days, min_free_gb))  # fmt: skip
 
 
 @app.command()
@@ -471,12 +481,17 @@ def watch(
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
     backend: Annotated[str, BACKEND_OPTION] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
+    keep_images_days: Annotated[float | None, KEEP_DAYS_OPTION] = None,
+    min_free_gb: Annotated[float | None, MIN_FREE_OPTION] = None,
 ) -> None:
     """Inspect each new image in a folder once, recorded like an HTTP inspection."""
     from rd2t.service.settings import StationSettings
     from rd2t.service.watch import watch as run
 
-    settings = StationSettings(model, db=db, images=images, mqtt=mqtt, backend=backend, threads=threads)
+    settings = StationSettings(
+        model, db=db, images=images, mqtt=mqtt, backend=backend, threads=threads,
+        keep_images_days=keep_images_days, min_free_gb=min_free_gb,
+    )  # fmt: skip
     run(settings, in_dir, done_dir, interval)
 
 

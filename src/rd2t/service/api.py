@@ -233,6 +233,17 @@ def _row_or_404(request: Request, inspection_id: int) -> dict:
     return row
 
 
+def _row_with_images(request: Request, inspection_id: int) -> dict:
+    """The row, or 410 Gone once the retention policy removed its image files (its verdict stays)."""
+    row = _row_or_404(request, inspection_id)
+    if row.get("pruned_at") is not None:
+        when = row["pruned_at"].strftime("%Y-%m-%d %H:%M UTC")
+        raise HTTPException(
+            410, f"inspection {inspection_id}: its images were removed by the retention policy on {when}"
+        )
+    return row
+
+
 @api.get("/inspections/{inspection_id}")
 def get_inspection(request: Request, inspection_id: int):
     return Station.record(_row_or_404(request, inspection_id))
@@ -240,7 +251,7 @@ def get_inspection(request: Request, inspection_id: int):
 
 def _file(request: Request, inspection_id: int, column: str, media_type: str | None = None) -> FileResponse:
     """A stored file, found by the row's id only: the path comes from the database, never the request."""
-    row = _row_or_404(request, inspection_id)
+    row = _row_with_images(request, inspection_id)
     path = station_of(request).storage.path(row[column])
     if not path.is_file():
         raise HTTPException(404, f"inspection {inspection_id}: its file is missing from the images folder")
@@ -256,7 +267,7 @@ def get_image(request: Request, inspection_id: int):
 
 @api.get("/inspections/{inspection_id}/overlay.png")
 def get_overlay(request: Request, inspection_id: int):
-    row = _row_or_404(request, inspection_id)
+    row = _row_with_images(request, inspection_id)
     try:
         path = station_of(request).overlay_file(row)  # a sync route: drawing runs in a thread
     except InputError as e:

@@ -82,6 +82,7 @@ def create_app(settings: StationSettings | None = None, station: Station | None 
             loop.call_soon_threadsafe(put)
 
         station.listeners.append(broadcast)
+        station.start_retention()
         yield
         station.listeners.remove(broadcast)
         pool.shutdown(wait=True)  # requests already admitted finish and commit

@@ -1,5 +1,5 @@
-"""The results database: one row per inspection, one row per threshold change (for one model), and the
-scores later models gave to reviewed inspections.
+"""The results database: one row per inspection (kept when the retention policy removes its image files),
+one row per threshold change (for one model), and the scores later models gave to reviewed inspections.
 
 SQLAlchemy Core over SQLite (default, WAL mode, a file next to the images) or PostgreSQL; the schema is
 made and upgraded by the Alembic migrations in `migrations/`, run at start-up. Times are stored as naive
@@ -54,6 +54,8 @@ inspections = sa.Table(
     sa.Column("review_at", sa.DateTime),
     # `rd2t watch`: the file's identity (path, size, mtime). Unique: two watchers cannot both record it.
     sa.Column("source", sa.String(1024), unique=True),
+    # When the retention policy (--keep-images-days, --min-free-gb) removed its image files; the row stays.
+    sa.Column("pruned_at", sa.DateTime),
 )
 
 threshold_changes = sa.Table(

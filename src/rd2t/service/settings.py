@@ -26,6 +26,10 @@ class StationSettings:
     max_upload_mb: float = 50.0
     max_pixels: int = 40_000_000  # width * height, checked from the header before decoding
     overlay: str = "eager"  # eager: overlay PNG written with each inspection; lazy: on first request
+    # Retention (off unless set): the image files of unreviewed inspections older than this many days are
+    # removed, and, while the images folder's disk has less free space than this, the oldest ones. Rows stay.
+    keep_images_days: float | None = None
+    min_free_gb: float | None = None
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -40,6 +44,12 @@ class StationSettings:
             raise ConfigError("--max-upload-mb and --max-pixels must be positive")
         if self.overlay not in ("eager", "lazy"):
             raise ConfigError(f"--overlay {self.overlay}: expected eager or lazy")
+        for flag, value in (
+            ("--keep-images-days", self.keep_images_days),
+            ("--min-free-gb", self.min_free_gb),
+        ):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{flag} {value}: must be positive (leave it out to keep every image)")
         if self.mqtt:
             mqtt_target(self.mqtt)  # refuse a bad URL at start, not at the first verdict
 

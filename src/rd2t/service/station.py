@@ -7,10 +7,11 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import sqlalchemy as sa
@@ -116,6 +117,7 @@ class Station:
             self.publisher = Publisher(settings.mqtt)
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._closed = threading.Event()  # set by close(): background work (retention) ends
         self._stop_rescoring = threading.Event()  # set by stop_rescoring() and close()
         self._rescorer: threading.Thread | None = None
         self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
@@ -242,44 +244,45 @@ class Station:
         decode_ms += pred.timings.get("decode", 0.0)
         sha = hashlib.sha256(data).hexdigest()
         original, overlay_name, thumb = self.storage.names(sha, fmt, self.model_id)
-        self.storage.put(original, data)
-        if self.settings.overlay == "eager" or with_overlay:
-            heat = overlay(image, pred.model_map, *self.colour_range)
-            self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
-        else:  # the map (a few KB at the model's size): the overlay is drawn from it when first asked for
-            self.storage.put(self.storage.map_name(overlay_name), lambda f: np.save(f, pred.model_map))
-        small = image.copy()
-        small.thumbnail((THUMB_PX, THUMB_PX))
-        self.storage.put(thumb, lambda f: small.save(f, "JPEG", quality=85))
-        decision = "defect" if pred.score > threshold else "pass"
-        row = {
-            "time": db.utcnow(),
-            "score": pred.score,
-            "decision": decision,
-            "threshold": threshold,
-            "model_id": self.model_id,
-            "scale_id": self.scale_id,
-            "model_name": self.settings.model.name,
-            "model_version": f"rd2t {rd2t.__version__}",
-            "decode_ms": round(decode_ms, 3),
-            "model_ms": round(pred.timings.get("model", 0.0), 3),
-            "part_id": part_id,
-            "line": line,
-            "station": station,
-            "image_sha256": sha,
-            "image_type": FORMATS[fmt][0],
-            "image_path": original,
-            "overlay_path": overlay_name,
-            "thumb_path": thumb,
-            "width": image.size[0],
-            "height": image.size[1],
-            "source": source,
-        }
-        row["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        with self.engine.begin() as conn:
-            row_id = conn.execute(
-                db.inspections.insert().values(**row).returning(db.inspections.c.id)
-            ).scalar()
+        with self.storage.writing():  # the retention policy removes no file this row counts on
+            self.storage.put(original, data)
+            if self.settings.overlay == "eager" or with_overlay:
+                heat = overlay(image, pred.model_map, *self.colour_range)
+                self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
+            else:  # the map (a few KB at the model's size): the overlay is drawn from it when first asked for
+                self.storage.put(self.storage.map_name(overlay_name), lambda f: np.save(f, pred.model_map))
+            small = image.copy()
+            small.thumbnail((THUMB_PX, THUMB_PX))
+            self.storage.put(thumb, lambda f: small.save(f, "JPEG", quality=85))
+            decision = "defect" if pred.score > threshold else "pass"
+            row = {
+                "time": db.utcnow(),
+                "score": pred.score,
+                "decision": decision,
+                "threshold": threshold,
+                "model_id": self.model_id,
+                "scale_id": self.scale_id,
+                "model_name": self.settings.model.name,
+                "model_version": f"rd2t {rd2t.__version__}",
+                "decode_ms": round(decode_ms, 3),
+                "model_ms": round(pred.timings.get("model", 0.0), 3),
+                "part_id": part_id,
+                "line": line,
+                "station": station,
+                "image_sha256": sha,
+                "image_type": FORMATS[fmt][0],
+                "image_path": original,
+                "overlay_path": overlay_name,
+                "thumb_path": thumb,
+                "width": image.size[0],
+                "height": image.size[1],
+                "source": source,
+            }
+            row["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            with self.engine.begin() as conn:
+                row_id = conn.execute(
+                    db.inspections.insert().values(**row).returning(db.inspections.c.id)
+                ).scalar()
         record = self.record({**row, "id": row_id, "review_state": "unreviewed"})
         self.metrics.seconds.observe(time.perf_counter() - t0)
         self.metrics.decisions.labels(decision).inc()
@@ -321,6 +324,8 @@ class Station:
                 "thumb": f"/v1/inspections/{i}/thumb.jpg",
                 "self": f"/v1/inspections/{i}",
             },
+            # when the retention policy removed its image files (the links then answer 410); null: kept
+            "images_removed_at": db.iso(row.get("pruned_at")),
             "review": {
                 "state": row.get("review_state") or "unreviewed",
                 "note": row.get("review_note"),
@@ -346,9 +351,10 @@ class Station:
         map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
         if not map_file.is_file() or row["model_id"] != self.model_id:
             raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
-        image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
-        heat = overlay(image, np.load(map_file), *self.colour_range)
-        self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
+        with self.storage.writing():  # not while the retention policy removes this row's files
+            image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
+            heat = overlay(image, np.load(map_file), *self.colour_range)
+            self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
         return path
 
     def get(self, inspection_id: int) -> dict | None:
@@ -563,7 +569,91 @@ class Station:
             ok_files = False
         return {"model": self.predictor is not None, "database": ok_db, "images": ok_files}
 
+    # ---- retention: image files go, verdicts stay ---------------------------------------------------
+    def prune_images(self, now: datetime | None = None) -> dict:
+        """The retention policy, once: remove the image files (original, overlay or map, thumbnail) of
+        unreviewed inspections older than --keep-images-days, then, while the images folder's disk has less
+        than --min-free-gb free, of the oldest unreviewed ones. Reviewed inspections keep theirs (they are
+        the new training images, the --val-defects folder and the threshold page's scores). A file another
+        kept row shares (the same image inspected twice) stays. Rows stay, with `pruned_at`.
+        Returns {"inspections", "files", "bytes"} removed."""
+        s, t = self.settings, db.inspections
+        now = now or db.utcnow()
+        done = {"inspections": 0, "files": 0, "bytes": 0}
+        if s.keep_images_days is not None:
+            cutoff = now - timedelta(days=s.keep_images_days)
+            while self._prune_oldest(t.c.time < cutoff, now, done):
+                pass
+        if s.min_free_gb is not None:
+            while self.free_gb() < s.min_free_gb and self._prune_oldest(sa.true(), now, done):
+                pass
+            if self.free_gb() < s.min_free_gb:
+                log.warning(
+                    "%.1f GB free under %s, below --min-free-gb %g, and no unreviewed inspection's images "
+                    "are left to remove",
+                    self.free_gb(),
+                    self.storage.root,
+                    s.min_free_gb,
+                )
+        if done["inspections"]:
+            log.info(
+                "retention: removed the images of %d inspections (%d files, %.1f MB)",
+                done["inspections"],
+                done["files"],
+                done["bytes"] / 1e6,
+            )
+        return done
+
+    def free_gb(self) -> float:
+        return shutil.disk_usage(self.storage.root).free / 1e9
+
+    def _prune_oldest(self, where, now: datetime, done: dict, batch: int = 100) -> int:
+        """One batch of prune_images: returns how many inspections lost their files (0: none was left)."""
+        t = db.inspections
+        files = (t.c.image_path, t.c.overlay_path, t.c.thumb_path)
+        with self.storage.removing(), self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(t.c.id, *files)
+                .where(t.c.review_state == "unreviewed", t.c.pruned_at.is_(None), where)
+                .order_by(t.c.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return 0
+            conn.execute(t.update().where(t.c.id.in_([r.id for r in rows])).values(pruned_at=now))
+            names = {n for r in rows for n in r[1:]}
+            kept = set()  # the files rows that keep theirs still count on
+            for col in files:
+                shared = sa.select(*files).where(t.c.pruned_at.is_(None), col.in_(names))
+                kept.update(n for r in conn.execute(shared) for n in r)
+            names |= {self.storage.map_name(r.overlay_path) for r in rows}
+            kept |= {self.storage.map_name(n) for n in kept if n.startswith("overlays/")}
+            # removed after the rows are marked, inside the same lock: a crash between leaves files no row
+            # counts on (space, not a row pointing at nothing)
+            for name in names - kept:
+                if freed := self.storage.remove(name):
+                    done["files"] += 1
+                    done["bytes"] += freed
+        done["inspections"] += len(rows)
+        return len(rows)
+
+    def _retention_loop(self, every_s: float) -> None:
+        while True:
+            try:
+                self.prune_images()
+            except Exception:  # the database away for a while, say: the next round tries again
+                log.exception("retention failed")
+            if self._closed.wait(every_s):
+                return
+
+    def start_retention(self, every_s: float = 60.0) -> None:
+        """Run prune_images now and every `every_s` seconds in a background thread, if a policy is set."""
+        if self.settings.keep_images_days is None and self.settings.min_free_gb is None:
+            return
+        threading.Thread(target=self._retention_loop, args=(every_s,), name="retention", daemon=True).start()
+
     def close(self) -> None:
+        self._closed.set()
         self._stop_rescoring.set()
         if self._rescorer is not None:
             self._rescorer.join(timeout=10)

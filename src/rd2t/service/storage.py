@@ -2,12 +2,18 @@
 
 Paths are made here from a SHA-256 and stored relative in the database; no path ever comes from a
 request. Every file is written through rd2t.files.atomic_write BEFORE its row is committed, so a row
-never points at a missing or half-written file.
+never points at a missing or half-written file. The retention policy removes files under an exclusive
+lock that inspections take shared while they write theirs and commit the row (across processes: `serve`
+and `watch` may share a folder), so a file a new row counts on is never removed under it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rd2t.errors import InputError
@@ -33,6 +39,33 @@ class Storage:
         if not path.exists():
             atomic_write(path, data)
         return relative
+
+    @contextmanager
+    def _locked(self, how: int) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)  # its own fd: flock is per open file
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def writing(self):
+        """Held (shared) while an inspection writes its files and commits its row."""
+        return self._locked(fcntl.LOCK_SH)
+
+    def removing(self):
+        """Held (exclusive) while the retention policy picks the files no kept row needs and removes them."""
+        return self._locked(fcntl.LOCK_EX)
+
+    def remove(self, relative: str) -> int:
+        """Delete a stored file; returns the bytes freed (0: it was not there)."""
+        path = self.path(relative)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
 
     def path(self, relative: str) -> Path:
         """The file of a stored row; refuses anything that would leave the images folder."""

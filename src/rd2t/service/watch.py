@@ -116,6 +116,7 @@ def watch(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     station = Station(settings)
+    station.start_retention()
     watcher = Watcher(station, folder, done_dir)
     log.info("watching %s with %s (database %s)", folder, settings.model, settings.db_url.split("@")[-1])
     try:

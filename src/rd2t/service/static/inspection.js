@@ -11,11 +11,12 @@ const message = document.getElementById("review-message");
 const buttons = [...document.querySelectorAll("button[data-state]")];
 
 function showOverlay() {
+  if (!overlay) return; // its images were removed by the retention policy
   overlay.style.opacity = overlayOn.checked ? opacity.value / 100 : 0;
   document.getElementById("opacity-value").textContent = `${opacity.value} %`;
 }
-overlayOn.addEventListener("change", showOverlay);
-opacity.addEventListener("input", () => { overlayOn.checked = true; showOverlay(); });
+overlayOn?.addEventListener("change", showOverlay);
+opacity?.addEventListener("input", () => { overlayOn.checked = true; showOverlay(); });
 
 by.value = localStorage.getItem("rd2t-reviewer") || "";
 by.addEventListener("change", () => localStorage.setItem("rd2t-reviewer", by.value.trim()));
@@ -49,7 +50,7 @@ document.addEventListener("keydown", (event) => {
   const key = event.key.toLowerCase();
   const button = buttons.find((b) => b.dataset.key === key);
   if (button) { event.preventDefault(); button.click(); }
-  else if (key === "h") { overlayOn.checked = !overlayOn.checked; showOverlay(); }
+  else if (key === "h" && overlayOn) { overlayOn.checked = !overlayOn.checked; showOverlay(); }
   else if (key === "n" && document.getElementById("next-unreviewed")) {
     window.location = document.getElementById("next-unreviewed").href;
   }
