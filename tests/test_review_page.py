@@ -8,6 +8,7 @@ Screenshots of every page go to the test's tmp folder (or RD2T_SCREENSHOTS) to b
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
@@ -199,6 +200,13 @@ def test_review_path(station, browser, screenshots):
     sync_api.expect(page.locator("[data-count=defect]")).to_have_text(str(n_defect))
     sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent)))
     page.screenshot(path=str(screenshots / "live.png"), full_page=True, animations="disabled")
+    page.click("[data-filter=defect]")  # the CSV link takes the filter shown
+    page.wait_for_url(base + "/?show=defect")
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    assert [int(x["id"]) for x in exported] == [r["id"] for r in records if r["decision"] == "defect"]
+    page.goto(base + "/")
 
     # Open a flagged part; the heat map toggles with H; F marks it a false alarm, with a note.
     flagged = min((r for r in records if r["decision"] == "defect"), key=lambda r: r["score"])

@@ -551,6 +551,70 @@ def test_listing_filters_and_paging(station):
     assert client.get("/v1/inspections/999999").status_code == 404
 
 
+def test_csv_export_has_every_filtered_inspection_oldest_first_and_no_formulas(station):
+    """A quality engineer's month in a spreadsheet: GET /v1/inspections.csv with the listing's filters gives
+    every matching inspection (past any page size, read in chunks), oldest first, with the values the API
+    gives; text a spreadsheet would run as a formula (a typed note, a scanned part id) is quoted."""
+    import csv as csv_module
+
+    import sqlalchemy as sa
+
+    from rd2t.service import db
+
+    client, settings = station
+    line = f"L-{uuid.uuid4().hex[:6]}"
+    recs = [inspect(client, d, line=line, part_id=f"P{i}").json() for i, d in enumerate(images(3, seed=43))]
+    recs.append(inspect(client, images(1, seed=44)[0], line=line, part_id='=HYPERLINK("http://x")').json())
+    client.post(
+        f"/v1/inspections/{recs[1]['id']}/review", json={"state": "false_alarm", "note": "+dust", "by": "Ana"}
+    )
+    r = client.get("/v1/inspections.csv", params={"line": line})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith('attachment; filename="inspections-')
+    rows = list(csv_module.DictReader(io.StringIO(r.text)))
+    assert [int(x["id"]) for x in rows] == [x["id"] for x in recs]  # oldest first
+    for row, rec in zip(rows, recs, strict=True):
+        assert float(row["score"]) == rec["score"] and row["decision"] == rec["decision"]
+        assert row["time"] == rec["time"] and row["line"] == line and row["images_removed_at"] == ""
+    assert rows[3]["part_id"] == '\'=HYPERLINK("http://x")'
+    assert (rows[1]["review_state"], rows[1]["review_note"], rows[1]["review_by"]) == (
+        "false_alarm",
+        "'+dust",
+        "Ana",
+    )
+    reviewed = list(
+        csv_module.DictReader(
+            io.StringIO(client.get("/v1/inspections.csv", params={"line": line, "reviewed": "true"}).text)
+        )
+    )
+    assert [int(x["id"]) for x in reviewed] == [recs[1]["id"]]
+    assert client.get("/v1/inspections.csv", params={"decision": "maybe"}).status_code == 422
+
+    # 2,500 rows: more than one chunk of the database cursor and of the response
+    bulk = f"L-{uuid.uuid4().hex[:6]}"
+    engine = db.open_engine(settings.db_url)
+    try:
+        with engine.begin() as conn:
+            template = {
+                k: v
+                for k, v in dict(
+                    conn.execute(sa.select(db.inspections).where(db.inspections.c.id == recs[0]["id"]))
+                    .mappings()
+                    .one()
+                ).items()
+                if k not in ("id", "source")
+            }
+            conn.execute(
+                db.inspections.insert(), [{**template, "line": bulk, "part_id": f"B{i}"} for i in range(2500)]
+            )
+    finally:
+        engine.dispose()
+    rows = list(
+        csv_module.DictReader(io.StringIO(client.get("/v1/inspections.csv", params={"line": bulk}).text))
+    )
+    assert [x["part_id"] for x in rows] == [f"B{i}" for i in range(2500)]
+
+
 def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_path):
     from rd2t.service.settings import StationSettings
     from rd2t.service.station import Station

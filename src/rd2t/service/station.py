@@ -10,7 +10,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -29,6 +29,12 @@ from rd2t.service.settings import StationSettings
 from rd2t.service.storage import FORMATS, Storage
 
 log = logging.getLogger("rd2t.service")
+# The columns of the CSV export (GET /v1/inspections.csv), in order.
+EXPORT_COLUMNS = (
+    "id", "time", "part_id", "line", "station", "decision", "score", "threshold", "model_id", "model_name",
+    "width", "height", "total_ms", "review_state", "review_by", "review_at", "review_note", "pruned_at",
+    "image_sha256",
+)  # fmt: skip
 THUMB_PX = 256
 
 
@@ -375,6 +381,22 @@ class Station:
         offset: int = 0,
     ) -> dict:
         t = db.inspections
+        where = self._filters(decision, since, until, line, station, reviewed)
+        if after_id is not None:
+            where.append(t.c.id > after_id)
+        order = t.c.id.asc() if after_id is not None else t.c.id.desc()
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
+            rows = conn.execute(
+                sa.select(t).where(*where).order_by(order).limit(limit).offset(offset)
+            ).mappings()
+            items = [self.record(dict(r)) for r in rows]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    @staticmethod
+    def _filters(decision, since, until, line, station, reviewed) -> list:
+        """The listing's filters (list, export_rows) as SQL conditions on `inspections`."""
+        t = db.inspections
         where = []
         if decision:
             where.append(t.c.decision == decision)
@@ -390,16 +412,27 @@ class Station:
             where.append(
                 (t.c.review_state != "unreviewed") if reviewed else (t.c.review_state == "unreviewed")
             )
-        if after_id is not None:
-            where.append(t.c.id > after_id)
-        order = t.c.id.asc() if after_id is not None else t.c.id.desc()
+        return where
+
+    def export_rows(
+        self,
+        *,
+        decision: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        reviewed: bool | None = None,
+    ) -> Iterator[dict]:
+        """Every inspection the filters match, oldest first, read in chunks (a year of a line is millions of
+        rows: memory stays flat). The columns a spreadsheet needs; no file paths."""
+        t = db.inspections
+        columns = [t.c[name] for name in EXPORT_COLUMNS]
+        query = sa.select(*columns).where(*self._filters(decision, since, until, line, station, reviewed))
         with self.engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
-            rows = conn.execute(
-                sa.select(t).where(*where).order_by(order).limit(limit).offset(offset)
-            ).mappings()
-            items = [self.record(dict(r)) for r in rows]
-        return {"items": items, "total": total, "limit": limit, "offset": offset}
+            result = conn.execution_options(yield_per=1000).execute(query.order_by(t.c.id))
+            for r in result.mappings():
+                yield dict(r)
 
     def review(self, inspection_id: int, state: str, note: str | None, by: str | None) -> dict | None:
         if state not in db.REVIEW_STATES:
