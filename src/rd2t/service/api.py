@@ -202,30 +202,34 @@ async def inspect_batch(request: Request):
     }
 
 
-@api.get("/inspections", summary="List inspections (newest first; oldest first after `after_id`)")
-def list_inspections(
-    request: Request,
+def inspection_filters(
     decision: Literal["pass", "defect"] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     line: str | None = None,
     station: str | None = None,
     reviewed: bool | None = None,
+) -> dict:
+    """The query parameters that choose inspections, shared by the listing and the CSV export."""
+    return {
+        "decision": decision,
+        "since": since,
+        "until": until,
+        "line": line,
+        "station": station,
+        "reviewed": reviewed,
+    }
+
+
+@api.get("/inspections", summary="List inspections (newest first; oldest first after `after_id`)")
+def list_inspections(
+    request: Request,
+    filters: dict = Depends(inspection_filters),
     after_id: int | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ):
-    return station_of(request).list(
-        decision=decision,
-        since=since,
-        until=until,
-        line=line,
-        station=station,
-        reviewed=reviewed,
-        after_id=after_id,
-        limit=limit,
-        offset=offset,
-    )
+    return station_of(request).list(**filters, after_id=after_id, limit=limit, offset=offset)
 
 
 @api.get(
@@ -233,17 +237,9 @@ def list_inspections(
     summary="Every inspection the filters match, oldest first, as CSV (a spreadsheet's shift or month)",
 )
 def export_inspections_csv(
-    request: Request,
-    decision: Literal["pass", "defect"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    line: str | None = None,
-    station: str | None = None,
-    reviewed: bool | None = None,
+    request: Request, filters: dict = Depends(inspection_filters)
 ) -> StreamingResponse:
-    rows = station_of(request).export_rows(
-        decision=decision, since=since, until=until, line=line, station=station, reviewed=reviewed
-    )
+    rows = station_of(request).export_rows(**filters)
     header = ["images_removed_at" if c == "pruned_at" else c for c in EXPORT_COLUMNS]
 
     def lines():  # a sync generator: Starlette iterates it in a thread, a chunk of rows at a time

@@ -394,7 +394,7 @@ class Station:
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     @staticmethod
-    def _filters(decision, since, until, line, station, reviewed) -> list:
+    def _filters(decision=None, since=None, until=None, line=None, station=None, reviewed=None) -> list:
         """The listing's filters (list, export_rows) as SQL conditions on `inspections`."""
         t = db.inspections
         where = []
@@ -414,21 +414,12 @@ class Station:
             )
         return where
 
-    def export_rows(
-        self,
-        *,
-        decision: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        line: str | None = None,
-        station: str | None = None,
-        reviewed: bool | None = None,
-    ) -> Iterator[dict]:
-        """Every inspection the filters match, oldest first, read in chunks (a year of a line is millions of
-        rows: memory stays flat). The columns a spreadsheet needs; no file paths."""
+    def export_rows(self, **filters) -> Iterator[dict]:
+        """Every inspection the filters (those of `list`) match, oldest first, read in chunks (a year of a
+        line is millions of rows: memory stays flat). The columns a spreadsheet needs; no file paths."""
         t = db.inspections
         columns = [t.c[name] for name in EXPORT_COLUMNS]
-        query = sa.select(*columns).where(*self._filters(decision, since, until, line, station, reviewed))
+        query = sa.select(*columns).where(*self._filters(**filters))
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=1000).execute(query.order_by(t.c.id))
             for r in result.mappings():
