@@ -49,7 +49,7 @@ class StationSettings:
             ("--min-free-gb", self.min_free_gb),
         ):
             if value is not None and not value > 0:
-                raise ConfigError(f"{flag} {value}: must be positive (leave it out to keep every image)")
+                raise ConfigError(f"{flag} {value:g}: must be positive (leave it out to keep every image)")
         if self.mqtt:
             mqtt_target(self.mqtt)  # refuse a bad URL at start, not at the first verdict
 
