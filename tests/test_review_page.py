@@ -199,6 +199,7 @@ def test_review_path(station, browser, screenshots):
     assert n_defect == 2, [r["score"] for r in records]  # painted stains on a trained texture model
     sync_api.expect(page.locator("[data-count=defect]")).to_have_text(str(n_defect))
     sync_api.expect(page.locator("[data-count=unreviewed]")).to_have_text(str(len(sent)))
+    sync_api.expect(page.locator("#today")).to_have_text("Today: 4 inspected · 2 defective (50.0 %)")
     page.screenshot(path=str(screenshots / "live.png"), full_page=True, animations="disabled")
     page.click("[data-filter=defect]")  # the CSV link takes the filter shown
     page.wait_for_url(base + "/?show=defect")
@@ -236,6 +237,10 @@ def test_review_path(station, browser, screenshots):
     confirmed = max((r for r in records if r["decision"] == "defect"), key=lambda r: r["score"])
     review = {"state": "confirmed_defect", "note": "crack", "by": "Ben"}
     assert station.post(f"/v1/inspections/{confirmed['id']}/review", json=review).status_code == 200
+    page.goto(base + "/")  # today's line counts the reviews too
+    sync_api.expect(page.locator("#today")).to_have_text(
+        "Today: 4 inspected · 2 defective (50.0 %) · reviewed: 1 false alarm, 1 confirmed defect"
+    )
 
     page.goto(base + "/?show=unreviewed")  # the reviewer's to-do list: the two reviewed parts are gone
     sync_api.expect(page.locator(".card")).to_have_count(len(sent) - 2)

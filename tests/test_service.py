@@ -615,6 +615,63 @@ def test_csv_export_has_every_filtered_inspection_oldest_first_and_no_formulas(s
     assert [x["part_id"] for x in rows] == [f"B{i}" for i in range(2500)]
 
 
+def test_stats_count_verdicts_and_reviews_per_hour_and_per_local_day(station):
+    """A shift's yield and its false alarms: /v1/stats counts inspections, verdicts and review states per hour
+    or per day, days on the plant's clock (offset_minutes ahead of UTC), with the listing's filters."""
+    import sqlalchemy as sa
+
+    from rd2t.service import db
+
+    client, settings = station
+    line = f"L-{uuid.uuid4().hex[:6]}"
+    first = inspect(client, images(1, seed=45)[0], line=line).json()
+    engine = db.open_engine(settings.db_url)
+    t = db.inspections
+    try:
+        with engine.begin() as conn:
+            template = dict(conn.execute(sa.select(t).where(t.c.id == first["id"])).mappings().one())
+            conn.execute(t.delete().where(t.c.id == first["id"]))
+            template = {k: v for k, v in template.items() if k not in ("id", "source")}
+            utc = datetime.datetime
+            parts = [  # (time in UTC, verdict, review)
+                (utc(2026, 3, 1, 22, 30), "defect", "false_alarm"),
+                (utc(2026, 3, 1, 22, 50), "pass", "unreviewed"),
+                (utc(2026, 3, 1, 23, 10), "defect", "confirmed_defect"),
+                (utc(2026, 3, 2, 0, 5), "pass", "missed_defect"),
+            ]
+            conn.execute(
+                t.insert(),
+                [{**template, "time": when, "decision": d, "review_state": r} for when, d, r in parts],
+            )
+    finally:
+        engine.dispose()
+    hours = client.get("/v1/stats", params={"line": line}).json()
+    assert [r["start"] for r in hours["rows"]] == [
+        "2026-03-01T22:00:00+00:00", "2026-03-01T23:00:00+00:00", "2026-03-02T00:00:00+00:00"
+    ]  # fmt: skip
+    assert [(r["inspected"], r["defect"], r["pass"]) for r in hours["rows"]] == [
+        (2, 1, 1),
+        (1, 1, 0),
+        (1, 0, 1),
+    ]
+    assert hours["total"] == {
+        "inspected": 4, "pass": 2, "defect": 2, "false_alarm": 1, "confirmed_defect": 1,
+        "confirmed_good": 0, "missed_defect": 1,
+    }  # fmt: skip
+    utc_days = client.get("/v1/stats", params={"line": line, "bucket": "day"}).json()["rows"]
+    assert [(r["start"], r["inspected"]) for r in utc_days] == [
+        ("2026-03-01T00:00:00+00:00", 3), ("2026-03-02T00:00:00+00:00", 1)
+    ]  # fmt: skip
+    for offset, day in ((120, "2026-03-02T00:00:00+02:00"), (-60, "2026-03-01T00:00:00-01:00")):
+        local = client.get(
+            "/v1/stats", params={"line": line, "bucket": "day", "offset_minutes": offset}
+        ).json()
+        assert [(r["start"], r["inspected"]) for r in local["rows"]] == [(day, 4)]
+    flagged = client.get("/v1/stats", params={"line": line, "decision": "defect", "bucket": "day"}).json()
+    assert flagged["total"]["inspected"] == 2 and flagged["total"]["false_alarm"] == 1
+    assert client.get("/v1/stats", params={"bucket": "week"}).status_code == 422
+
+
 def test_review_threshold_history_and_analysis(station, trained_cli_model, tmp_path):
     from rd2t.service.settings import StationSettings
     from rd2t.service.station import Station

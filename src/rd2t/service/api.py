@@ -259,6 +259,16 @@ def export_inspections_csv(
     return StreamingResponse(lines(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
+@api.get("/stats", summary="Inspections, verdicts and reviews per hour or day (yield, false alarms, misses)")
+def stats(
+    request: Request,
+    filters: dict = Depends(inspection_filters),
+    bucket: Literal["hour", "day"] = "hour",
+    offset_minutes: int = Query(0, ge=-14 * 60, le=14 * 60, description="The plant's clock ahead of UTC"),
+):
+    return station_of(request).stats(bucket, offset_minutes, **filters)
+
+
 def _csv_cell(value):
     """Times as ISO UTC; text a spreadsheet would run as a formula (=, +, -, @ first: typed notes, part ids
     from a scanner) prefixed with ', as OWASP advises against CSV injection."""

@@ -70,6 +70,14 @@ def open_image(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, st
         raise InputError(f"{name}: cannot read image ({_one_line(e)})") from None
 
 
+def _with_offset(start, offset_minutes: int) -> str:
+    """A bucket's start (datetime from PostgreSQL, text from SQLite), on the clock `offset_minutes` ahead of
+    UTC, as ISO 8601 with that offset."""
+    if isinstance(start, str):
+        start = datetime.fromisoformat(start)
+    return start.replace(tzinfo=timezone(timedelta(minutes=offset_minutes))).isoformat()
+
+
 class Metrics:
     """Prometheus metrics in a registry of their own (several stations can live in one process)."""
 
@@ -424,6 +432,43 @@ class Station:
             result = conn.execution_options(yield_per=1000).execute(query.order_by(t.c.id))
             for r in result.mappings():
                 yield dict(r)
+
+    def stats(self, bucket: str = "hour", offset_minutes: int = 0, **filters) -> dict:
+        """Counts per hour or day (of the clock `offset_minutes` ahead of UTC: a plant's local day) of the
+        inspections the filters (those of `list`) match: inspected, each verdict, each review state. One
+        grouped query; the oldest bucket first. {"bucket", "offset_minutes", "rows", "total"}."""
+        if bucket not in ("hour", "day"):
+            raise InputError(f"bucket {bucket!r}: expected hour or day")
+        t = db.inspections
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                shifted = t.c.time + sa.text(f"interval '{int(offset_minutes)} minutes'")
+                start = sa.func.date_trunc(bucket, shifted)
+            else:  # SQLite: text; the same truncation by format
+                fmt = "%Y-%m-%dT%H:00:00" if bucket == "hour" else "%Y-%m-%dT00:00:00"
+                start = sa.func.strftime(fmt, t.c.time, f"{int(offset_minutes):+d} minutes")
+            counts = {
+                "inspected": sa.func.count(),
+                **{d: sa.func.sum(sa.case((t.c.decision == d, 1), else_=0)) for d in ("pass", "defect")},
+                **{
+                    state: sa.func.sum(sa.case((t.c.review_state == state, 1), else_=0))
+                    for state in db.REVIEW_STATES
+                    if state != "unreviewed"
+                },
+            }
+            query = (
+                sa.select(start.label("start"), *(c.label(k) for k, c in counts.items()))
+                .where(*self._filters(**filters))
+                .group_by(start)
+                .order_by(start)
+            )
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:  # the bucket's start on that clock, as ISO text with its offset
+            r["start"] = _with_offset(r["start"], offset_minutes)
+            for k in counts:
+                r[k] = int(r[k] or 0)
+        total = {k: sum(r[k] for r in rows) for k in counts}
+        return {"bucket": bucket, "offset_minutes": offset_minutes, "rows": rows, "total": total}
 
     def review(self, inspection_id: int, state: str, note: str | None, by: str | None) -> dict | None:
         if state not in db.REVIEW_STATES:

@@ -57,6 +57,20 @@ async function refreshCounts() {
   }
 }
 
+// Today on this browser's clock (the plant's local day): /v1/stats for one day bucket since local midnight.
+async function refreshToday() {
+  const now = new Date();
+  const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  const query = `bucket=day&offset_minutes=${-now.getTimezoneOffset()}&since=${encodeURIComponent(midnight.toISOString())}`;
+  const t = (await api(`/v1/stats?${query}`)).total;
+  const reviewed = [
+    [t.false_alarm, "false alarm"], [t.confirmed_defect, "confirmed defect"], [t.missed_defect, "missed defect"],
+  ].filter(([n]) => n).map(([n, label]) => `${fmtCount(n)} ${label}${n === 1 ? "" : "s"}`);
+  document.getElementById("today").textContent = `Today: ${fmtCount(t.inspected)} inspected · `
+    + `${fmtCount(t.defect)} defective (${fmtPercent(t.defect, t.inspected)})`
+    + (reviewed.length ? ` · reviewed: ${reviewed.join(", ")}` : "");
+}
+
 async function poll() {
   try {
     const query = grid.dataset.query;
@@ -70,7 +84,7 @@ async function poll() {
       while (grid.children.length > limit) grid.lastElementChild.remove();
     }
     // Reviews made elsewhere change the counts too: refresh them now and then.
-    if (page.items.length || ++polls % 10 === 0) await refreshCounts();
+    if (page.items.length || ++polls % 10 === 0) await Promise.all([refreshCounts(), refreshToday()]);
     setStatus(true);
   } catch (e) {
     setStatus(false);
@@ -78,4 +92,5 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
+refreshToday().catch(() => setStatus(false));
 setTimeout(poll, POLL_MS);
