@@ -551,15 +551,34 @@ def test_listing_filters_and_paging(station):
     assert client.get("/v1/inspections/999999").status_code == 404
 
 
+@contextmanager
+def rows_like(settings, inspection_id: int, rows: list[dict]):
+    """`rows` written straight into the station's database as copies of inspection `inspection_id` with their
+    values (a month of a line in a moment), and every row of their line removed afterwards: the module's
+    station serves later tests."""
+    import sqlalchemy as sa
+
+    from rd2t.service import db
+
+    t = db.inspections
+    engine = db.open_engine(settings.db_url)
+    try:
+        with engine.begin() as conn:
+            like = conn.execute(sa.select(t).where(t.c.id == inspection_id)).mappings().one()
+            template = {k: v for k, v in like.items() if k not in ("id", "source")}
+            conn.execute(t.insert(), [{**template, **r} for r in rows])
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.line.in_({r["line"] for r in rows})))
+        engine.dispose()
+
+
 def test_csv_export_has_every_filtered_inspection_oldest_first_and_no_formulas(station):
     """A quality engineer's month in a spreadsheet: GET /v1/inspections.csv with the listing's filters gives
     every matching inspection (past any page size, read in chunks), oldest first, with the values the API
     gives; text a spreadsheet would run as a formula (a typed note, a scanned part id) is quoted."""
     import csv as csv_module
-
-    import sqlalchemy as sa
-
-    from rd2t.service import db
 
     client, settings = station
     line = f"L-{uuid.uuid4().hex[:6]}"
@@ -592,60 +611,34 @@ def test_csv_export_has_every_filtered_inspection_oldest_first_and_no_formulas(s
 
     # 2,500 rows: more than one chunk of the database cursor and of the response
     bulk = f"L-{uuid.uuid4().hex[:6]}"
-    engine = db.open_engine(settings.db_url)
-    try:
-        with engine.begin() as conn:
-            template = {
-                k: v
-                for k, v in dict(
-                    conn.execute(sa.select(db.inspections).where(db.inspections.c.id == recs[0]["id"]))
-                    .mappings()
-                    .one()
-                ).items()
-                if k not in ("id", "source")
-            }
-            conn.execute(
-                db.inspections.insert(), [{**template, "line": bulk, "part_id": f"B{i}"} for i in range(2500)]
-            )
-    finally:
-        engine.dispose()
-    rows = list(
-        csv_module.DictReader(io.StringIO(client.get("/v1/inspections.csv", params={"line": bulk}).text))
-    )
+    with rows_like(settings, recs[0]["id"], [{"line": bulk, "part_id": f"B{i}"} for i in range(2500)]):
+        exported = client.get("/v1/inspections.csv", params={"line": bulk}).text
+    rows = list(csv_module.DictReader(io.StringIO(exported)))
     assert [x["part_id"] for x in rows] == [f"B{i}" for i in range(2500)]
 
 
 def test_stats_count_verdicts_and_reviews_per_hour_and_per_local_day(station):
     """A shift's yield and its false alarms: /v1/stats counts inspections, verdicts and review states per hour
     or per day, days on the plant's clock (offset_minutes ahead of UTC), with the listing's filters."""
-    import sqlalchemy as sa
-
-    from rd2t.service import db
-
     client, settings = station
     line = f"L-{uuid.uuid4().hex[:6]}"
-    first = inspect(client, images(1, seed=45)[0], line=line).json()
-    engine = db.open_engine(settings.db_url)
-    t = db.inspections
-    try:
-        with engine.begin() as conn:
-            template = dict(conn.execute(sa.select(t).where(t.c.id == first["id"])).mappings().one())
-            conn.execute(t.delete().where(t.c.id == first["id"]))
-            template = {k: v for k, v in template.items() if k not in ("id", "source")}
-            utc = datetime.datetime
-            parts = [  # (time in UTC, verdict, review)
-                (utc(2026, 3, 1, 22, 30), "defect", "false_alarm"),
-                (utc(2026, 3, 1, 22, 50), "pass", "unreviewed"),
-                (utc(2026, 3, 1, 23, 10), "defect", "confirmed_defect"),
-                (utc(2026, 3, 2, 0, 5), "pass", "missed_defect"),
-            ]
-            conn.execute(
-                t.insert(),
-                [{**template, "time": when, "decision": d, "review_state": r} for when, d, r in parts],
-            )
-    finally:
-        engine.dispose()
-    hours = client.get("/v1/stats", params={"line": line}).json()
+    like = inspect(client, images(1, seed=45)[0]).json()["id"]  # copied into the line at set times
+    utc = datetime.datetime
+    parts = [  # (time in UTC, verdict, review)
+        (utc(2026, 3, 1, 22, 30), "defect", "false_alarm"),
+        (utc(2026, 3, 1, 22, 50), "pass", "unreviewed"),
+        (utc(2026, 3, 1, 23, 10), "defect", "confirmed_defect"),
+        (utc(2026, 3, 2, 0, 5), "pass", "missed_defect"),
+    ]
+    rows = [{"line": line, "time": when, "decision": d, "review_state": r} for when, d, r in parts]
+    with rows_like(settings, like, rows):  # removed after: later tests count the reviewed defects
+        hours = client.get("/v1/stats", params={"line": line}).json()
+        utc_days = client.get("/v1/stats", params={"line": line, "bucket": "day"}).json()["rows"]
+        local = {
+            offset: client.get("/v1/stats", params={"line": line, "bucket": "day", "offset_minutes": offset})
+            for offset in (120, -60)
+        }
+        flagged = client.get("/v1/stats", params={"line": line, "decision": "defect", "bucket": "day"}).json()
     assert [r["start"] for r in hours["rows"]] == [
         "2026-03-01T22:00:00+00:00", "2026-03-01T23:00:00+00:00", "2026-03-02T00:00:00+00:00"
     ]  # fmt: skip
@@ -658,16 +651,11 @@ def test_stats_count_verdicts_and_reviews_per_hour_and_per_local_day(station):
         "inspected": 4, "pass": 2, "defect": 2, "false_alarm": 1, "confirmed_defect": 1,
         "confirmed_good": 0, "missed_defect": 1,
     }  # fmt: skip
-    utc_days = client.get("/v1/stats", params={"line": line, "bucket": "day"}).json()["rows"]
     assert [(r["start"], r["inspected"]) for r in utc_days] == [
         ("2026-03-01T00:00:00+00:00", 3), ("2026-03-02T00:00:00+00:00", 1)
     ]  # fmt: skip
     for offset, day in ((120, "2026-03-02T00:00:00+02:00"), (-60, "2026-03-01T00:00:00-01:00")):
-        local = client.get(
-            "/v1/stats", params={"line": line, "bucket": "day", "offset_minutes": offset}
-        ).json()
-        assert [(r["start"], r["inspected"]) for r in local["rows"]] == [(day, 4)]
-    flagged = client.get("/v1/stats", params={"line": line, "decision": "defect", "bucket": "day"}).json()
+        assert [(r["start"], r["inspected"]) for r in local[offset].json()["rows"]] == [(day, 4)]
     assert flagged["total"]["inspected"] == 2 and flagged["total"]["false_alarm"] == 1
     assert client.get("/v1/stats", params={"bucket": "week"}).status_code == 422
 

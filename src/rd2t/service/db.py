@@ -41,7 +41,7 @@ inspections = sa.Table(
     sa.Column("part_id", sa.String(255)),
     sa.Column("line", sa.String(255), index=True),
     sa.Column("station", sa.String(255), index=True),
-    sa.Column("image_sha256", sa.String(64), nullable=False),
+    sa.Column("image_sha256", sa.String(64), nullable=False, index=True),  # retention: who shares a file
     sa.Column("image_type", sa.String(32), nullable=False),
     sa.Column("image_path", sa.String(512), nullable=False),  # relative to the images folder
     sa.Column("overlay_path", sa.String(512), nullable=False),
@@ -56,6 +56,8 @@ inspections = sa.Table(
     sa.Column("source", sa.String(1024), unique=True),
     # When the retention policy (--keep-images-days, --min-free-gb) removed its image files; the row stays.
     sa.Column("pruned_at", sa.DateTime),
+    # The policy's next batch: the oldest rows not pruned, found without reading the pruned ones.
+    sa.Index("ix_inspections_pruned_at_time", "pruned_at", "time"),
 )
 
 threshold_changes = sa.Table(

@@ -258,15 +258,21 @@ class Station:
         decode_ms += pred.timings.get("decode", 0.0)
         sha = hashlib.sha256(data).hexdigest()
         original, overlay_name, thumb = self.storage.names(sha, fmt, self.model_id)
-        with self.storage.writing():  # the retention policy removes no file this row counts on
+        heat = (
+            overlay(image, pred.model_map, *self.colour_range)
+            if self.settings.overlay == "eager" or with_overlay
+            else None
+        )
+        small = image.copy()
+        small.thumbnail((THUMB_PX, THUMB_PX))
+        # Files, then the row, under the shared lock (only the writing: the retention policy waits for it, and
+        # removes no file this row counts on).
+        with self.storage.writing():
             self.storage.put(original, data)
-            if self.settings.overlay == "eager" or with_overlay:
-                heat = overlay(image, pred.model_map, *self.colour_range)
+            if heat is not None:
                 self.storage.put(overlay_name, lambda f: heat.save(f, "PNG", compress_level=1))
             else:  # the map (a few KB at the model's size): the overlay is drawn from it when first asked for
                 self.storage.put(self.storage.map_name(overlay_name), lambda f: np.save(f, pred.model_map))
-            small = image.copy()
-            small.thumbnail((THUMB_PX, THUMB_PX))
             self.storage.put(thumb, lambda f: small.save(f, "JPEG", quality=85))
             decision = "defect" if pred.score > threshold else "pass"
             row = {
@@ -676,29 +682,31 @@ class Station:
     def free_gb(self) -> float:
         return shutil.disk_usage(self.storage.root).free / 1e9
 
-    def _prune_oldest(self, where, now: datetime, done: dict, batch: int = 100) -> int:
+    def _prune_oldest(self, where, now: datetime, done: dict, batch: int = 50) -> int:
         """One batch of prune_images: returns how many inspections lost their files (0: none was left)."""
         t = db.inspections
         files = (t.c.image_path, t.c.overlay_path, t.c.thumb_path)
-        with self.storage.removing(), self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(t.c.id, *files)
-                .where(t.c.review_state == "unreviewed", t.c.pruned_at.is_(None), where)
-                .order_by(t.c.id)
-                .limit(batch)
-            ).all()
-            if not rows:
-                return 0
-            conn.execute(t.update().where(t.c.id.in_([r.id for r in rows])).values(pruned_at=now))
-            names = {n for r in rows for n in r[1:]}
-            kept = set()  # the files rows that keep theirs still count on
-            for col in files:
-                shared = sa.select(*files).where(t.c.pruned_at.is_(None), col.in_(names))
-                kept.update(n for r in conn.execute(shared) for n in r)
-            names |= {self.storage.map_name(r.overlay_path) for r in rows}
+        with self.storage.removing():
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(t.c.id, t.c.image_sha256, *files)
+                    .where(t.c.pruned_at.is_(None), where, t.c.review_state == "unreviewed")
+                    .order_by(t.c.time, t.c.id)
+                    .limit(batch)
+                ).all()
+                if not rows:
+                    return 0
+                conn.execute(t.update().where(t.c.id.in_([r.id for r in rows])).values(pruned_at=now))
+                # Files are named by the image's SHA-256: only rows of the same image can share them. Found by
+                # the hash's index alone (with pruned_at in the query, SQLite reads every unpruned row).
+                shared = sa.select(t.c.pruned_at, *files).where(
+                    t.c.image_sha256.in_({r.image_sha256 for r in rows})
+                )
+                kept = {n for r in conn.execute(shared) if r.pruned_at is None for n in r[1:]}
+            names = {n for r in rows for n in r[2:]} | {self.storage.map_name(r.overlay_path) for r in rows}
             kept |= {self.storage.map_name(n) for n in kept if n.startswith("overlays/")}
-            # removed after the rows are marked, inside the same lock: a crash between leaves files no row
-            # counts on (space, not a row pointing at nothing)
+            # Removed once the rows are committed as pruned, still under the lock: a crash between leaves
+            # files no row counts on (disk space), never a kept row pointing at a removed file.
             for name in names - kept:
                 if freed := self.storage.remove(name):
                     done["files"] += 1
