@@ -338,7 +338,8 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
     """A line inspecting 20 MP parts fills its disk: --keep-images-days removes the image files of unreviewed
     inspections past the age, --min-free-gb the oldest ones while the disk is short. The rows (verdict, score,
     times) stay; reviewed parts keep their images (training and threshold material), and so does a file a
-    kept inspection shares. The links of a pruned inspection answer 410 with the reason, its page says so."""
+    kept inspection shares. The links of a pruned inspection answer 410 with the reason, its page says so.
+    A second station on the same database, with its own images folder, prunes only its own inspections."""
     import sqlalchemy as sa
 
     from rd2t.service.db import inspections
@@ -347,18 +348,23 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
 
     with pytest.raises(ConfigError, match=r"^--keep-images-days 0: must be positive"):
         StationSettings(trained_cli_model, keep_images_days=0)
-    with postgres_database() if backend == "postgresql" else nullcontext(None) as db_url:
+    sqlite = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    with postgres_database() if backend == "postgresql" else nullcontext(sqlite) as db_url:
         settings = StationSettings(
             trained_cli_model, db=db_url, images=tmp_path / "st", threads=1, keep_images_days=30, token="t0k"
         )
         station = Station(settings)
+        neighbour = Station(
+            StationSettings(trained_cli_model, db=db_url, images=tmp_path / "other", keep_images_days=30)
+        )
         try:
-            a, b, c, d = (images(4, seed=63)[i] for i in (0, 1, 2, 2))  # c and d: the same image, twice
+            a, b, c, d, e = (images(5, seed=63)[i] for i in (0, 1, 2, 2, 4))  # c and d: one image, twice
             old = [station.inspect(x, f"{n}.png")["id"] for x, n in ((a, "a"), (b, "b"), (c, "c"))]
             recent = station.inspect(d, "d.png")["id"]
+            theirs = neighbour.inspect(e, "e.png")["id"]
             station.review(old[1], "false_alarm", "kept for retraining", "qa")
             with station.engine.begin() as conn:  # inspected 40 days ago
-                for i in old:
+                for i in (*old, theirs):
                     t = conn.execute(sa.select(inspections.c.time).where(inspections.c.id == i)).scalar()
                     conn.execute(
                         inspections.update()
@@ -375,8 +381,13 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
             removed = station.get(old[0])
             assert removed["images_removed_at"] and removed["score"] > 0 and removed["decision"]
             assert station.get(recent)["images_removed_at"] is None
+            their_files = files_of(neighbour, theirs)
+            assert station.get(theirs)["images_removed_at"] is None and all(f.is_file() for f in their_files)
+            assert neighbour.prune_images()["inspections"] == 1  # its own, by its own policy
+            assert not any(f.exists() for f in their_files)
         finally:
             station.close()
+            neighbour.close()
 
         with running_server(settings) as client:  # starts its retention thread: nothing more is due
             for link in ("image", "overlay", "thumb"):

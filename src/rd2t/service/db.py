@@ -54,10 +54,13 @@ inspections = sa.Table(
     sa.Column("review_at", sa.DateTime),
     # `rd2t watch`: the file's identity (path, size, mtime). Unique: two watchers cannot both record it.
     sa.Column("source", sa.String(1024), unique=True),
+    # The images folder holding its files (Storage.id; NULL: recorded before migration 0004, never pruned):
+    # stations sharing a database each have their own folder, and prune only their own rows.
+    sa.Column("folder_id", sa.String(32)),
     # When the retention policy (--keep-images-days, --min-free-gb) removed its image files; the row stays.
     sa.Column("pruned_at", sa.DateTime),
-    # The policy's next batch: the oldest rows not pruned, found without reading the pruned ones.
-    sa.Index("ix_inspections_pruned_at_time", "pruned_at", "time"),
+    # The policy's next batch: the oldest rows of this folder not pruned, without reading the pruned ones.
+    sa.Index("ix_inspections_folder_pruned_time", "folder_id", "pruned_at", "time"),
 )
 
 threshold_changes = sa.Table(

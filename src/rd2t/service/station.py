@@ -292,6 +292,7 @@ class Station:
                 "image_sha256": sha,
                 "image_type": FORMATS[fmt][0],
                 "image_path": original,
+                "folder_id": self.storage.id,
                 "overlay_path": overlay_name,
                 "thumb_path": thumb,
                 "width": image.size[0],
@@ -690,7 +691,8 @@ class Station:
             with self.engine.begin() as conn:
                 rows = conn.execute(
                     sa.select(t.c.id, t.c.image_sha256, *files)
-                    .where(t.c.pruned_at.is_(None), where, t.c.review_state == "unreviewed")
+                    .where(t.c.folder_id == self.storage.id, t.c.pruned_at.is_(None), where)
+                    .where(t.c.review_state == "unreviewed")
                     .order_by(t.c.time, t.c.id)
                     .limit(batch)
                 ).all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,16 @@ FORMATS = {  # Pillow format -> (content type, extension): the formats a station
 class Storage:
     def __init__(self, root: Path):
         self.root = check_writable(Path(root)).resolve()
+        self.id = self._folder_id()
+
+    def _folder_id(self) -> str:
+        """This images folder's own id (IMAGES/.folder-id, made once): rows record it, so a station sharing a
+        database with others (each with its own folder) removes only its own files' rows."""
+        path = self.root / ".folder-id"
+        with self._locked(fcntl.LOCK_EX):  # two processes starting on one folder make one id
+            if not path.is_file():
+                atomic_write(path, uuid.uuid4().hex.encode())
+            return path.read_text().strip()
 
     def put(self, relative: str, data) -> str:
         """Write `data` (bytes or a writer function) at `relative` unless it is there already (same
