@@ -20,14 +20,11 @@ import time
 
 import numpy as np
 import torch
-from bank_rules import pixel_auroc_by_type, test_set  # benchmarks/ is on the path when a script runs
+from bank_rules import pixel_auroc_by_type  # benchmarks/ is on the path when a script runs
 from sklearn.metrics import roc_auc_score
-from teacher_terms import SIZE, TEACHERS, knn_maps, teacher_features
+from teacher_terms import TEACHERS, knn_maps, teacher_features, training_and_test
 
-from rd2t.data import mvtec
-from rd2t.data.images import resize_mask
 from rd2t.model.teachers import Teacher
-from rd2t.training.loop import load_training_images
 
 
 def image_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,10 +51,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the table here")
     a = ap.parse_args()
     t0 = time.time()
-    train_paths = [s.path for s in mvtec(a.root, a.category).train]
-    images, _ = load_training_images(train_paths, SIZE, False)
-    test, _, test_images, masks = test_set(a.root, a.category, SIZE)
-    masks = [resize_mask(m, (SIZE, SIZE)) for m in masks]  # shrinking keeps any covered pixel
+    train_paths, images, test, test_images, masks = training_and_test(a.root, a.category)
     labels = np.array([s.label for s in test], dtype=bool)
     mean, std = image_stats(images)
     ref_mean, ref_std = float(mean.mean()), float(std.mean())

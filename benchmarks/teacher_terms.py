@@ -76,6 +76,15 @@ def knn_maps(train: list[torch.Tensor], test: list[torch.Tensor], pool: int, bat
     return torch.cat(maps)
 
 
+def training_and_test(root: str, category: str) -> tuple[list, torch.Tensor, list, torch.Tensor, list]:
+    """A set at SIZE px: training paths and images (uint8), test samples, images and masks (shrunk keeping
+    any covered pixel), as every teacher-only diagnostic reads it."""
+    train_paths = [s.path for s in mvtec(root, category).train]
+    images, _ = load_training_images(train_paths, SIZE, False)
+    test, _, test_images, masks = test_set(root, category, SIZE)
+    return train_paths, images, test, test_images, [resize_mask(m, (SIZE, SIZE)) for m in masks]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root")
@@ -85,10 +94,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the table here")
     a = ap.parse_args()
     t0 = time.time()
-    train_paths = [s.path for s in mvtec(a.root, a.category).train]
-    images, _ = load_training_images(train_paths, SIZE, False)
-    test, _, test_images, masks = test_set(a.root, a.category, SIZE)
-    masks = [resize_mask(m, (SIZE, SIZE)) for m in masks]  # shrinking keeps any covered pixel
+    train_paths, images, test, test_images, masks = training_and_test(a.root, a.category)
     teachers = [Teacher(name) for name in TEACHERS]
     train_feats = [teacher_features(t, images) for t in teachers]
     test_feats = [teacher_features(t, test_images) for t in teachers]
