@@ -134,6 +134,7 @@ class Station:
         self._closed = threading.Event()  # set by close(): background work (retention) ends
         self._stop_rescoring = threading.Event()  # set by stop_rescoring() and close()
         self._rescorer: threading.Thread | None = None
+        self._retention: threading.Thread | None = None
         self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
 
     # ---- threshold: a row per change, the last one in force -------------------------------------
@@ -661,13 +662,13 @@ class Station:
             while self._prune_oldest(t.c.time < cutoff, now, done):
                 pass
         if s.min_free_gb is not None:
-            while self.free_gb() < s.min_free_gb and self._prune_oldest(sa.true(), now, done):
+            while (free := self.free_gb()) < s.min_free_gb and self._prune_oldest(sa.true(), now, done):
                 pass
-            if self.free_gb() < s.min_free_gb:
+            if free < s.min_free_gb:  # the loop ended with nothing left to remove
                 log.warning(
                     "%.1f GB free under %s, below --min-free-gb %g, and no unreviewed inspection's images "
                     "are left to remove",
-                    self.free_gb(),
+                    free,
                     self.storage.root,
                     s.min_free_gb,
                 )
@@ -729,13 +730,17 @@ class Station:
         """Run prune_images now and every `every_s` seconds in a background thread, if a policy is set."""
         if self.settings.keep_images_days is None and self.settings.min_free_gb is None:
             return
-        threading.Thread(target=self._retention_loop, args=(every_s,), name="retention", daemon=True).start()
+        self._retention = threading.Thread(
+            target=self._retention_loop, args=(every_s,), name="retention", daemon=True
+        )
+        self._retention.start()
 
     def close(self) -> None:
         self._closed.set()
         self._stop_rescoring.set()
-        if self._rescorer is not None:
-            self._rescorer.join(timeout=10)
+        for worker in (self._rescorer, self._retention):  # each ends after its current image or batch
+            if worker is not None:
+                worker.join(timeout=10)
         if self.publisher:
             self.publisher.close()
         self.engine.dispose()
