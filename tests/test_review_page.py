@@ -300,6 +300,7 @@ def test_review_path(station, browser, screenshots):
     sync_api.expect(page.locator("h1")).to_have_text("Loaded model")
     caught = sum(v > station.get("/v1/threshold").json()["calibrated"] for v in labelled)
     sync_api.expect(page.locator("#labelled-defects")).to_contain_text(f"{caught} of 6 above the calibrated")
+    sync_api.expect(page.locator("#storage")).to_contain_text("keeps every image")  # no policy set
     with page.expect_download() as download:
         page.click("#export")
     with zipfile.ZipFile(download.value.path()) as zf:

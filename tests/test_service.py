@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -333,7 +334,7 @@ def files_of(station, inspection_id: int) -> list[Path]:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers_410(
-    backend, trained_cli_model, tmp_path
+    backend, trained_cli_model, tmp_path, caplog
 ):
     """A line inspecting 20 MP parts fills its disk: --keep-images-days removes the image files of unreviewed
     inspections past the age, --min-free-gb the oldest ones while the disk is short. The rows (verdict, score,
@@ -385,6 +386,10 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
             assert station.get(theirs)["images_removed_at"] is None and all(f.is_file() for f in their_files)
             assert neighbour.prune_images()["inspections"] == 1  # its own, by its own policy
             assert not any(f.exists() for f in their_files)
+            state = station.retention()
+            assert (state["keep_images_days"], state["min_free_gb"]) == (30, None) and state["free_gb"] > 0
+            assert (state["inspections"], state["images_removed"]) == (4, 2)  # its folder's, not theirs
+            assert state["last_run"]["inspections"] == 0 and state["last_run"]["at"]  # the second round
         finally:
             station.close()
             neighbour.close()
@@ -398,6 +403,20 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
             page = client.get(f"/inspections/{old[0]}")
             assert page.status_code == 200 and "removed by the retention policy" in page.text
             assert "image removed" in client.get("/").text  # its card in the live view
+            removed_ids = [r["id"] for r in client.get("/v1/inspections?images_removed=true").json()["items"]]
+            assert removed_ids == [theirs, old[2], old[0]]
+            # nothing left to review with its image but `recent` itself: no "next" to a page without one
+            assert 'id="next-unreviewed"' not in client.get(f"/inspections/{recent}").text
+            storage = client.get("/v1/storage").json()
+            assert storage["images_removed"] == 2 and storage["keep_images_days"] == 30
+            model_page = client.get("/model").text
+            assert "older than 30 days" in model_page and "of which 2 without images" in model_page
+            free = [
+                line
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith("rd2t_images_free")
+            ]
+            assert len(free) == 1 and float(free[0].split()[1]) > 0
 
         # --min-free-gb above what the disk has: every unreviewed inspection's images go, oldest first,
         # then it stops (with a warning) instead of spinning; the reviewed one keeps its files.
@@ -406,9 +425,14 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
             StationSettings(trained_cli_model, db=db_url, images=tmp_path / "st", min_free_gb=free + 1e4)
         )
         try:
-            assert short.prune_images()["inspections"] == 1  # d; the files c shared with it go now
+            with caplog.at_level(logging.WARNING, logger="rd2t.service.station"):
+                assert short.prune_images()["inspections"] == 1  # d; the files c shared with it go now
+                assert short.prune_images()["inspections"] == 0
             assert not any(f.exists() for i in (old[2], recent) for f in before[i])
             assert all(f.is_file() for f in before[old[1]])
+            warned = [r for r in caplog.records if "below --min-free-gb" in r.getMessage()]
+            assert len(warned) == 1  # once, not at every round while the disk stays short
+            assert short.retention()["last_run"]["disk_short"]
         finally:
             short.close()
 

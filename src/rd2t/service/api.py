@@ -209,6 +209,7 @@ def inspection_filters(
     line: str | None = None,
     station: str | None = None,
     reviewed: bool | None = None,
+    images_removed: bool | None = None,
 ) -> dict:
     """The query parameters that choose inspections, shared by the listing and the CSV export."""
     return {
@@ -218,6 +219,7 @@ def inspection_filters(
         "line": line,
         "station": station,
         "reviewed": reviewed,
+        "images_removed": images_removed,
     }
 
 
@@ -419,6 +421,14 @@ def rescore_progress(request: Request):
 @api.get("/model")
 def get_model(request: Request):
     return station_of(request).model_description()
+
+
+@api.get(
+    "/storage",
+    summary="Images folder: free space, retention policy, its last round, inspections without images",
+)
+def get_storage(request: Request):
+    return station_of(request).retention()
 
 
 def _originals_zip(st: Station, states: tuple[str, ...], name: str, folder: str = "") -> StreamingResponse:

@@ -153,8 +153,9 @@ def inspection_view(request: Request, inspection_id: int):
         response = render(request, "message.html", "inspection", heading="Not found", text=text)
         response.status_code = 404
         return response
-    # The newest other inspection nobody has reviewed yet: where a reviewer goes next.
-    unreviewed = st.list(reviewed=False, limit=2)["items"]
+    # The newest other inspection nobody has reviewed yet and whose images are still there: where a
+    # reviewer goes next.
+    unreviewed = st.list(reviewed=False, images_removed=False, limit=2)["items"]
     next_unreviewed = next((r["id"] for r in unreviewed if r["id"] != inspection_id), None)
     buttons = [
         {"state": state, "label": label, "key": key, "tone": tone}
@@ -180,7 +181,8 @@ def threshold_view(request: Request):
 
 @router.get("/model", response_class=HTMLResponse, dependencies=PAGE)
 def model_view(request: Request):
-    return render(request, "model.html", "model", m=station_of(request).model_description())
+    st = station_of(request)
+    return render(request, "model.html", "model", m=st.model_description(), storage=st.retention())
 
 
 def safe_next(target: str | None) -> str:

@@ -94,6 +94,14 @@ class Metrics:
         )
         self.decisions = Counter("rd2t_decisions", "Verdicts", ["decision"], registry=self.registry)
         self.queue_depth = Gauge("rd2t_queue_depth", "Inspections running or waiting", registry=self.registry)
+        self.images_free = Gauge(
+            "rd2t_images_free_bytes", "Free space on the images folder's disk", registry=self.registry
+        )
+        self.images_removed = Counter(
+            "rd2t_images_removed",
+            "Inspections whose image files the retention policy removed",
+            registry=self.registry,
+        )
 
 
 class Station:
@@ -123,6 +131,7 @@ class Station:
                 other["model_id"] or "unknown",
             )
         self.metrics = Metrics()
+        self.metrics.images_free.set_function(lambda: shutil.disk_usage(self.storage.root).free)
         self.listeners: list[Callable[[dict], None]] = []  # called with each committed record
         self.publisher = None
         if settings.mqtt:
@@ -135,6 +144,14 @@ class Station:
         self._stop_rescoring = threading.Event()  # set by stop_rescoring() and close()
         self._rescorer: threading.Thread | None = None
         self._retention: threading.Thread | None = None
+        # The last round of the policy: when, what it removed, whether the disk stayed short (warned once).
+        self.last_retention: dict = {
+            "at": None,
+            "inspections": 0,
+            "files": 0,
+            "bytes": 0,
+            "disk_short": False,
+        }
         self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
 
     # ---- threshold: a row per change, the last one in force -------------------------------------
@@ -392,12 +409,13 @@ class Station:
         line: str | None = None,
         station: str | None = None,
         reviewed: bool | None = None,
+        images_removed: bool | None = None,
         after_id: int | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict:
         t = db.inspections
-        where = self._filters(decision, since, until, line, station, reviewed)
+        where = self._filters(decision, since, until, line, station, reviewed, images_removed)
         if after_id is not None:
             where.append(t.c.id > after_id)
         order = t.c.id.asc() if after_id is not None else t.c.id.desc()
@@ -410,7 +428,9 @@ class Station:
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     @staticmethod
-    def _filters(decision=None, since=None, until=None, line=None, station=None, reviewed=None) -> list:
+    def _filters(
+        decision=None, since=None, until=None, line=None, station=None, reviewed=None, images_removed=None
+    ) -> list:
         """The listing's filters (list, export_rows) as SQL conditions on `inspections`."""
         t = db.inspections
         where = []
@@ -428,6 +448,8 @@ class Station:
             where.append(
                 (t.c.review_state != "unreviewed") if reviewed else (t.c.review_state == "unreviewed")
             )
+        if images_removed is not None:
+            where.append(t.c.pruned_at.is_not(None) if images_removed else t.c.pruned_at.is_(None))
         return where
 
     def export_rows(self, **filters) -> Iterator[dict]:
@@ -657,20 +679,30 @@ class Station:
         s, t = self.settings, db.inspections
         now = now or db.utcnow()
         done = {"inspections": 0, "files": 0, "bytes": 0}
+
+        def more(where) -> bool:  # one more batch, unless the station is closing (close() waits for it)
+            return not self._closed.is_set() and bool(self._prune_oldest(where, now, done))
+
         if s.keep_images_days is not None:
             cutoff = now - timedelta(days=s.keep_images_days)
-            while self._prune_oldest(t.c.time < cutoff, now, done):
+            while more(t.c.time < cutoff):
                 pass
+        short = False
         if s.min_free_gb is not None:
-            while (free := self.free_gb()) < s.min_free_gb and self._prune_oldest(sa.true(), now, done):
+            while (free := self.free_gb()) < s.min_free_gb and more(sa.true()):
                 pass
-            if free < s.min_free_gb:  # the loop ended with nothing left to remove
+            short = free < s.min_free_gb and not self._closed.is_set()  # nothing left to remove
+            if short and not self.last_retention["disk_short"]:  # once, not every minute
                 log.warning(
                     "%.1f GB free under %s, below --min-free-gb %g, and no unreviewed inspection's images "
                     "are left to remove",
                     free,
                     self.storage.root,
                     s.min_free_gb,
+                )
+            elif self.last_retention["disk_short"] and not short:
+                log.info(
+                    "%.1f GB free under %s again (--min-free-gb %g)", free, self.storage.root, s.min_free_gb
                 )
         if done["inspections"]:
             log.info(
@@ -679,7 +711,29 @@ class Station:
                 done["files"],
                 done["bytes"] / 1e6,
             )
+        self.metrics.images_removed.inc(done["inspections"])
+        self.last_retention = {"at": now, **done, "disk_short": short}
         return done
+
+    def retention(self) -> dict:
+        """The images folder, its free space, the policy, its last round and how many of this folder's
+        inspections have lost their files (the Model page and GET /v1/storage)."""
+        t, s = db.inspections, self.settings
+        mine = t.c.folder_id == self.storage.id
+        with self.engine.connect() as conn:
+            counts = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(t.c.pruned_at)).select_from(t).where(mine)
+            ).one()
+        last = self.last_retention
+        return {
+            "images": str(self.storage.root),
+            "free_gb": round(self.free_gb(), 2),
+            "keep_images_days": s.keep_images_days,
+            "min_free_gb": s.min_free_gb,
+            "inspections": counts[0],
+            "images_removed": counts[1],
+            "last_run": {**last, "at": db.iso(last["at"])} if last["at"] else None,
+        }
 
     def free_gb(self) -> float:
         return shutil.disk_usage(self.storage.root).free / 1e9
