@@ -39,6 +39,36 @@ def resized(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
+def scaled_knn(teacher: Teacher, images: torch.Tensor, held: torch.Tensor, test_images: torch.Tensor,
+               size: int = SIZE) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """The kNN term of `teacher` on the images resized to `size`: the bank from the training images not
+    `held` out; the test images' maps (at SIZE) divided by the held-out images' mean per-image maximum."""
+    bank_feats = teacher_features(teacher, resized(images[~held], size))
+    scored = teacher_features(teacher, resized(torch.cat([images[held], test_images]), size))
+    maps = knn_maps(bank_feats, scored, 3)  # upsampled to SIZE inside
+    n_held = int(held.sum())
+    peak = float(maps[:n_held].flatten(1).amax(1).mean())
+    return maps[n_held:] / peak, peak
+
+
+def table_of(test: list, masks: list, maps: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Pixel AUROC per defect type and image AUROC (map maximum) of each map, printed as they come."""
+    labels = np.array([s.label for s in test], dtype=bool)
+    table = {}
+    for name, m in maps.items():
+        row = pixel_auroc_by_type(test, masks, m)
+        row["image_auroc"] = float(roc_auc_score(labels, m.flatten(1).amax(1).numpy()))
+        table[name] = row
+        print(f"{name:12s} " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
+    return table
+
+
+def held_out(n: int) -> torch.Tensor:
+    held = torch.zeros(n, dtype=torch.bool)
+    held[::HOLD_OUT_EVERY] = True
+    return held
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root")
@@ -47,25 +77,14 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     train_paths, images, test, test_images, masks = training_and_test(a.root, a.category)
-    held = torch.zeros(len(images), dtype=torch.bool)
-    held[::HOLD_OUT_EVERY] = True
-    labels = np.array([s.label for s in test], dtype=bool)
+    held = held_out(len(images))
     teacher = Teacher(TEACHERS[0])
     maps, peaks = {}, {}
     for size in (SIZE, SIZE // 2):
-        bank_feats = teacher_features(teacher, resized(images[~held], size))
-        scored = teacher_features(teacher, resized(torch.cat([images[held], test_images]), size))
-        both = knn_maps(bank_feats, scored, 3)  # upsampled to SIZE inside
-        peaks[size] = float(both[: int(held.sum())].flatten(1).amax(1).mean())
-        maps[str(size)] = both[int(held.sum()) :] / peaks[size]
+        maps[str(size)], peaks[size] = scaled_knn(teacher, images, held, test_images, size)
         print(f"{size} px: held-out peak {peaks[size]:.3f} ({time.time() - t0:.0f} s)", flush=True)
     maps[f"{SIZE}+{SIZE // 2}"] = maps[str(SIZE)] + maps[str(SIZE // 2)]
-    table = {}
-    for name, m in maps.items():
-        row = pixel_auroc_by_type(test, masks, m)
-        row["image_auroc"] = float(roc_auc_score(labels, m.flatten(1).amax(1).numpy()))
-        table[name] = row
-        print(f"{name:8s} " + "  ".join(f"{c} {v:.3f}" for c, v in row.items()), flush=True)
+    table = table_of(test, masks, maps)
     print(f"{int((~held).sum())} bank images, {int(held.sum())} held out, {len(test)} test images, "
           f"{time.time() - t0:.0f} s")  # fmt: skip
     if a.json:
