@@ -403,3 +403,40 @@ def test_threshold_page_draws_more_reviewed_scores_than_one_call_can_take(statio
     sync_api.expect(page.locator("[data-count=pass]")).to_have_text(f"{passed:,}".replace(",", "\u202f"))
     page.close()
     assert not errors, errors
+
+
+def test_model_page_loads_a_retrained_model_put_in_place(trained_cli_model, browser, tmp_path, screenshots):
+    """The operator copies a retrained model over the station's --model file and presses the Model page's
+    button: the page then describes the new model, which scores the next part; a broken file is refused
+    with the reason, the model in use named."""
+    from rd2t.files import file_sha256
+    from rd2t.service.settings import StationSettings
+    from tests.test_service import retrained_copy, running_server
+
+    live = tmp_path / "current.pt"
+    shutil.copy(trained_cli_model, live)
+    old_id = file_sha256(live)[:12]
+    new_id = file_sha256(retrained_copy(trained_cli_model, tmp_path / "next.pt"))[:12]
+    errors: list = []
+    with running_server(StationSettings(live, images=tmp_path / "st", threads=1)) as client:
+        page = new_page(browser, errors)
+        page.goto(f"{client.base_url}/model")
+        sync_api.expect(page.locator("#model-id")).to_have_text(old_id)
+        page.click("#reload-model")
+        sync_api.expect(page.locator("#reload-message")).to_contain_text("nothing to reload")
+        os.replace(tmp_path / "next.pt", live)
+        page.click("#reload-model")
+        sync_api.expect(page.locator("#reload-message")).to_contain_text(f"Model {new_id}")
+        sync_api.expect(page.locator("#model-id")).to_have_text(new_id)  # the page reloaded itself
+        r = client.post("/v1/inspect", content=png(90), headers={"Content-Type": "image/png"})
+        assert r.json()["model"]["id"] == new_id
+        live.write_bytes(b"half a copy")
+        page.click("#reload-model")
+        message = page.locator("#reload-message")
+        sync_api.expect(message).to_contain_text(f"Not reloaded: 409: model not reloaded, {new_id} stays")
+        sync_api.expect(message).to_have_class("notice error")
+        page.screenshot(
+            path=str(screenshots / "model-reload-refused.png"), full_page=True, animations="disabled"
+        )
+        page.close()
+    assert not errors, errors

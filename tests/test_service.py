@@ -32,6 +32,7 @@ httpx = pytest.importorskip("httpx")
 
 from rd2t.data import labelled_defects  # noqa: E402
 from rd2t.errors import ConfigError  # noqa: E402
+from rd2t.files import file_sha256  # noqa: E402
 from rd2t.inference.predictor import Predictor  # noqa: E402
 from rd2t.model.checkpoint import Checkpoint  # noqa: E402
 from rd2t.service.db import REVIEWED_GOOD  # noqa: E402
@@ -208,7 +209,6 @@ def test_an_older_database_keeps_each_threshold_change_with_its_model(backend, t
     from alembic.config import Config
     from alembic.migration import MigrationContext
 
-    from rd2t.files import file_sha256
     from rd2t.service import db
     from rd2t.service.settings import StationSettings
     from rd2t.service.station import Station
@@ -458,6 +458,109 @@ def test_retention_never_removes_a_file_a_new_inspection_counts_on(trained_cli_m
         assert second != first and all(f.is_file() for f in files_of(station, second))
     finally:
         station.close()
+
+
+def retrained_copy(model: Path, out: Path) -> Path:
+    """Another model, as a retraining gives: other student weights (other scores), its own calibration."""
+    ckpt = Checkpoint.load(model)
+    for name, w in ckpt.weights.items():
+        if name.startswith("student") and w.is_floating_point() and w.ndim == 4:
+            ckpt.weights[name] = w * 1.5
+    ckpt.calibration.scores = [1.5 * v for v in ckpt.calibration.scores]
+    ckpt.calibration.threshold *= 1.5
+    return ckpt.save(out)
+
+
+def test_reloading_the_model_swaps_it_between_two_inspections_and_loses_none(trained_cli_model, tmp_path):
+    """A retrained model goes live without stopping the line: the operator points --model (here a symlink) at
+    it and asks for a reload while parts keep coming. Not one request fails; each inspection is scored,
+    judged and drawn by one model, the one its record names; the new model's threshold is its own (a change
+    made on the old one's scores does not carry over); a broken file is refused and the model in use stays."""
+    from rd2t.service.settings import StationSettings
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(trained_cli_model, models / "a.pt")
+    retrained_copy(trained_cli_model, models / "b.pt")
+    (models / "bad.pt").write_bytes(b"half a file")
+    live = models / "current.pt"
+
+    def point(target: str) -> None:  # atomically, as `ln -sfn` does
+        (models / "next").unlink(missing_ok=True)
+        (models / "next").symlink_to(target)
+        (models / "next").replace(live)
+
+    point("a.pt")
+    bodies = images(3, seed=70)
+    expected = {}  # model id -> the score `rd2t predict` gives each body
+    for name in ("a.pt", "b.pt"):
+        predictor = Predictor.open(models / name)
+        scores = [predictor.predict_one(Image.open(io.BytesIO(x)).convert("RGB")).score for x in bodies]
+        expected[file_sha256(models / name)[:12]] = scores
+    a_id, b_id = expected
+    assert expected[a_id][0] != pytest.approx(expected[b_id][0], rel=1e-3)
+
+    settings = StationSettings(live, images=tmp_path / "st", threads=1, workers=2, overlay="lazy")
+    answers, stop = [], threading.Event()
+    with running_server(settings) as client:
+
+        def line() -> None:  # parts keep coming, bounded
+            with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+                for i in range(300):
+                    if stop.is_set():
+                        return
+                    k = i % len(bodies)
+                    answers.append((k, inspect(c, bodies[k], f"{k}.png")))
+
+        worker = threading.Thread(target=line)
+        worker.start()
+        try:
+            deadline = time.time() + 60
+            while len(answers) < 3 and time.time() < deadline:
+                time.sleep(0.02)
+            moved = 0.9 * client.get("/v1/threshold").json()["value"]
+            assert client.post("/v1/threshold", json={"value": moved, "by": "ana"}).status_code == 200
+            first_a = inspect(client, bodies[0]).json()
+            point("b.pt")
+            r = client.post("/v1/model/reload")
+            assert r.status_code == 200, r.text
+            assert (r.json()["changed"], r.json()["previous"], r.json()["model"]["id"]) == (True, a_id, b_id)
+            after = len(answers)
+            while len(answers) < after + 3 and time.time() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            worker.join(60)
+
+        assert answers and all(r.status_code == 200 for _, r in answers), "a request failed during the reload"
+        by_model = {a_id: 0, b_id: 0}
+        for k, r in answers:
+            rec = r.json()
+            by_model[rec["model"]["id"]] += 1
+            assert rec["score"] == pytest.approx(expected[rec["model"]["id"]][k], rel=1e-5)  # never mixed
+            assert rec["decision"] == ("defect" if rec["score"] > rec["threshold"] else "pass")
+            if rec["model"]["id"] == b_id:
+                assert rec["model"]["name"] == "b.pt" and rec["threshold"] != pytest.approx(moved)
+        assert by_model[a_id] and by_model[b_id]
+        now = inspect(client, bodies[1]).json()
+        assert now["model"]["id"] == b_id and now["score"] == pytest.approx(expected[b_id][1], rel=1e-5)
+        threshold = client.get("/v1/threshold").json()
+        assert threshold["value"] == pytest.approx(threshold["calibrated"]) != pytest.approx(moved)
+        assert threshold["change_for_other_model"]["value"] == pytest.approx(moved)
+        # the old model's inspection keeps its overlay, drawn on its own model's colour scale
+        png = client.get(first_a["links"]["overlay"])
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        assert "b.pt" in client.get("/model").text
+        assert client.post("/v1/model/reload").json()["changed"] is False  # the same file again
+
+        point("bad.pt")
+        r = client.post("/v1/model/reload")
+        assert r.status_code == 409 and "\n" not in r.json()["detail"]
+        assert (
+            r.json()["detail"].startswith(f"model not reloaded, {b_id} stays:")
+            and "bad.pt" in r.json()["detail"]
+        )
+        assert inspect(client, bodies[2]).json()["model"]["id"] == b_id
 
 
 def inspect(client, data: bytes, name: str = "part.png", **fields):

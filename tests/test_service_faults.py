@@ -31,6 +31,7 @@ from tests.test_service import (  # noqa: E402
     need,
     png_bytes,
     port_open,
+    retrained_copy,
     running_server,
 )
 
@@ -132,6 +133,31 @@ def test_kill_9_under_load_loses_nothing_acknowledged(trained_cli_model, tmp_pat
                 assert client.get(rec["links"][link]).status_code == 200, (rec["id"], link)
         r = client.post("/v1/inspect", content=bodies[0], headers={"Content-Type": "image/png"})
         assert r.status_code == 200
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_makes_a_running_serve_load_the_model_put_in_place(trained_cli_model, tmp_path):
+    """`systemctl reload` (kill -HUP): the process keeps running and serving, and scores the next part with
+    the file now at --model."""
+    from rd2t.files import file_sha256
+
+    live = tmp_path / "current.pt"
+    shutil.copy(trained_cli_model, live)
+    new_id = file_sha256(retrained_copy(trained_cli_model, tmp_path / "next.pt"))[:12]
+    body = png_bytes(texture(np.random.default_rng(5), 96))
+    log = tmp_path / "serve.log"
+    with serve_process(live, tmp_path / "station", log) as (proc, client):
+        old_id = client.get("/v1/model").json()["id"]
+        os.replace(tmp_path / "next.pt", live)  # the retrained model, moved into place atomically
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 60
+        while client.get("/v1/model").json()["id"] != new_id:
+            assert proc.poll() is None, f"rd2t serve exited on SIGHUP: {log.read_text()[-2000:]}"
+            assert time.time() < deadline, f"not reloaded: {log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        r = client.post("/v1/inspect", content=body, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200 and r.json()["model"]["id"] == new_id != old_id
+        assert f"model {new_id}" in log.read_text() and proc.poll() is None
 
 
 def test_full_queue_gives_503_with_retry_after(trained_cli_model, tmp_path):

@@ -423,6 +423,15 @@ def get_model(request: Request):
     return station_of(request).model_description()
 
 
+@api.post("/model/reload", summary="Load the file at --model again (a retrained model put in its place)")
+def reload_model(request: Request):
+    st = station_of(request)
+    try:
+        return st.reload_model()
+    except RD2TError as e:  # the file at --model cannot be used: the station's state, not the request's
+        raise HTTPException(409, f"model not reloaded, {st.model_id} stays: {e}") from None
+
+
 @api.get(
     "/storage",
     summary="Images folder: free space, retention policy, its last round, inspections without images",

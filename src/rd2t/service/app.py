@@ -18,7 +18,7 @@ from rd2t.errors import RD2TError
 from rd2t.service.api import api, http_error
 from rd2t.service.api import station_of as station_of  # re-exported for callers of rd2t.service.app
 from rd2t.service.settings import StationSettings
-from rd2t.service.station import Station
+from rd2t.service.station import Station, reload_on_sighup
 
 log = logging.getLogger("rd2t.service")
 STATIC = Path(__file__).parent / "static"
@@ -140,6 +140,7 @@ def serve(settings: StationSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)
+    reload_on_sighup(app.state.station)  # uvicorn handles SIGINT and SIGTERM only
     log.info(
         "serving %s on http://%s:%s (database %s, images %s)",
         settings.model,

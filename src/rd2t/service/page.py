@@ -103,7 +103,7 @@ def need_login(request: Request) -> None:
 
 def render(request: Request, name: str, page: str, **context) -> Response:
     st = station_of(request)
-    header = {"model_name": st.settings.model.name, "threshold": st.threshold}
+    header = {"model_name": st.model.path.name, "threshold": st.threshold}
     return templates.TemplateResponse(request, name, {"page": page, "station": header, **context})
 
 

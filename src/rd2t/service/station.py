@@ -8,10 +8,13 @@ import io
 import json
 import logging
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -104,18 +107,44 @@ class Metrics:
         )
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """The model a station scores with, and what names its scores: replaced whole by Station.reload_model,
+    so one inspection never mixes two models."""
+
+    path: Path  # the file as loaded (--model resolved: a symlink's target)
+    predictor: Predictor
+    sha256: str
+    scale_id: str  # the score scale: a threshold chosen on one model's scores holds for that scale only
+    colour_range: tuple[float, float]
+    loaded_at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.sha256[:12]
+
+    @classmethod
+    def open(cls, settings: StationSettings, warm_up: bool = False) -> LoadedModel:
+        path = settings.model.resolve()
+        sha256 = file_sha256(path)
+        predictor = Predictor.open(path, backend=settings.backend, threads=settings.threads)
+        if warm_up:  # the first call of a backend is slow: pay it here, not on the line's next part
+            size = predictor.config.image_size
+            predictor.predict_one(Image.new("RGB", (size, size), (128, 128, 128)), threshold=0.0)
+        # One scale id for a checkpoint and its ONNX export, another for a retrained model. Without held-out
+        # scores, the file stands for them.
+        cal = predictor.calibration
+        scale_id = (cal.scale_id() if cal else None) or sha256[:12]
+        loaded_at = datetime.now(timezone.utc)
+        return cls(path, predictor, sha256, scale_id, predictor.colour_range(), loaded_at)
+
+
 class Station:
     def __init__(self, settings: StationSettings):
         self.settings = settings
-        self.loaded_at = datetime.now(timezone.utc)
-        self.predictor = Predictor.open(settings.model, backend=settings.backend, threads=settings.threads)
-        self.model_sha256 = file_sha256(settings.model)
-        self.model_id = self.model_sha256[:12]
-        # A threshold belongs to the scores it was chosen on: this id is one for a checkpoint and its ONNX
-        # export and another for a retrained model. Without held-out scores, the file stands for them.
-        cal = self.predictor.calibration
-        self.scale_id = (cal.scale_id() if cal else None) or self.model_id
-        self.colour_range = self.predictor.colour_range()
+        self.model = LoadedModel.open(settings)
+        # Colour scales of every model this process has loaded: a lazy overlay is drawn on its own model's.
+        self._colour_ranges = {self.model.id: self.model.colour_range}
         self.storage = Storage(settings.images)
         self.storage.sweep_temp_files()
         self.engine = db.open_engine(settings.db_url)
@@ -139,6 +168,9 @@ class Station:
 
             self.publisher = Publisher(settings.mqtt)
         self._lock = threading.Lock()
+        # Held to read or replace the model and its threshold together (inspect, set_threshold, reload_model).
+        self._model_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reload at a time
         self._in_flight = 0
         self._closed = threading.Event()  # set by close(): background work (retention) ends
         self._stop_rescoring = threading.Event()  # set by stop_rescoring() and close()
@@ -154,31 +186,51 @@ class Station:
         }
         self.rescore_progress: dict = {"scored": 0, "unreadable": 0, "total": 0}
 
+    # ---- the model in use (replaced whole by reload_model) -----------------------------------------
+    @property
+    def predictor(self) -> Predictor:
+        return self.model.predictor
+
+    @property
+    def model_id(self) -> str:
+        return self.model.id
+
+    @property
+    def scale_id(self) -> str:
+        return self.model.scale_id
+
+    @property
+    def colour_range(self) -> tuple[float, float]:
+        return self.model.colour_range
+
     # ---- threshold: a row per change, the last one in force -------------------------------------
     @property
     def calibrated_threshold(self) -> float | None:
         cal = self.predictor.calibration
         return cal.threshold if cal else None
 
-    def on_this_scale(self, table: sa.Table) -> sa.ColumnElement[bool]:
-        """Rows (inspections, threshold changes) of this model's score scale; rows from before migration 0002
-        have no scale_id, and those of this very file count."""
+    def on_this_scale(self, table: sa.Table, model: LoadedModel | None = None) -> sa.ColumnElement[bool]:
+        """Rows (inspections, threshold changes) of the model's score scale (default: the one in use); rows
+        from before migration 0002 have no scale_id, and those of this very file count."""
+        m = model or self.model
         c = table.c  # never NULL (SQL's NULL = x is NULL), so its negation counts the other rows
-        return (c.scale_id.is_not(None) & (c.scale_id == self.scale_id)) | (
-            c.scale_id.is_(None) & c.model_id.is_not(None) & (c.model_id == self.model_id)
+        return (c.scale_id.is_not(None) & (c.scale_id == m.scale_id)) | (
+            c.scale_id.is_(None) & c.model_id.is_not(None) & (c.model_id == m.id)
         )
 
-    def _threshold_in_force(self) -> float:
-        """The last change made on this model's scores, else its calibrated value: a value chosen on another
+    def _threshold_in_force(self, model: LoadedModel | None = None) -> float:
+        """The last change made on the model's scores, else its calibrated value: a value chosen on another
         model's scores means nothing on this one's (a retrained model's scores are on another scale)."""
+        m = model or self.model
         t = db.threshold_changes
         with self.engine.connect() as conn:
             last = conn.execute(
-                sa.select(t.c.value).where(self.on_this_scale(t)).order_by(t.c.id.desc()).limit(1)
+                sa.select(t.c.value).where(self.on_this_scale(t, m)).order_by(t.c.id.desc()).limit(1)
             ).scalar()
-        value = last if last is not None else self.calibrated_threshold
+        cal = m.predictor.calibration
+        value = last if last is not None else (cal.threshold if cal else None)
         if value is None:
-            raise ConfigError(f"{self.settings.model}: the model has no calibrated threshold; retrain it")
+            raise ConfigError(f"{m.path}: the model has no calibrated threshold; retrain it")
         return float(value)
 
     @property
@@ -187,14 +239,16 @@ class Station:
 
     def refresh_threshold(self) -> float:
         """Re-read the threshold in force (another process on the same database may have changed it)."""
-        self._threshold = self._threshold_in_force()
-        return self._threshold
+        with self._model_lock:
+            self._threshold = self._threshold_in_force()
+            return self._threshold
 
     def set_threshold(self, value, by: str | None = None, note: str | None = None) -> float:
         value = check_threshold(value)
         if value is None:
             raise ConfigError("threshold: a number is needed")
-        with self.engine.begin() as conn:
+        # Under the model lock: a reload cannot slip between the row (this model's) and the value in force.
+        with self._model_lock, self.engine.begin() as conn:
             conn.execute(
                 db.threshold_changes.insert().values(
                     value=value,
@@ -206,7 +260,7 @@ class Station:
                     scale_id=self.scale_id,
                 )
             )
-        self._threshold = value  # after the commit: what is in force is what is recorded
+            self._threshold = value  # after the commit: what is in force is what is recorded
         return value
 
     def threshold_history(self) -> list[dict]:
@@ -271,13 +325,14 @@ class Station:
             raise TooLarge(f"{name}: {len(data)} bytes, over the limit of {self.settings.max_upload_bytes}")
         image, fmt = open_image(data, name, self.settings.max_pixels)
         decode_ms = (time.perf_counter() - t0) * 1000
-        threshold = self._threshold
-        pred = self.predictor.predict_one(image, threshold=threshold)
+        with self._model_lock:  # one model and its threshold for the whole inspection, even across a reload
+            m, threshold = self.model, self._threshold
+        pred = m.predictor.predict_one(image, threshold=threshold)
         decode_ms += pred.timings.get("decode", 0.0)
         sha = hashlib.sha256(data).hexdigest()
-        original, overlay_name, thumb = self.storage.names(sha, fmt, self.model_id)
+        original, overlay_name, thumb = self.storage.names(sha, fmt, m.id)
         heat = (
-            overlay(image, pred.model_map, *self.colour_range)
+            overlay(image, pred.model_map, *m.colour_range)
             if self.settings.overlay == "eager" or with_overlay
             else None
         )
@@ -298,9 +353,9 @@ class Station:
                 "score": pred.score,
                 "decision": decision,
                 "threshold": threshold,
-                "model_id": self.model_id,
-                "scale_id": self.scale_id,
-                "model_name": self.settings.model.name,
+                "model_id": m.id,
+                "scale_id": m.scale_id,
+                "model_name": m.path.name,
                 "model_version": f"rd2t {rd2t.__version__}",
                 "decode_ms": round(decode_ms, 3),
                 "model_ms": round(pred.timings.get("model", 0.0), 3),
@@ -388,11 +443,12 @@ class Station:
         if path.is_file():
             return path
         map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
-        if not map_file.is_file() or row["model_id"] != self.model_id:
+        colours = self._colour_ranges.get(row["model_id"])  # the map's own model's scale
+        if not map_file.is_file() or colours is None:
             raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
         with self.storage.writing():  # not while the retention policy removes this row's files
             image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
-            heat = overlay(image, np.load(map_file), *self.colour_range)
+            heat = overlay(image, np.load(map_file), *colours)
             self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
         return path
 
@@ -527,15 +583,19 @@ class Station:
         with self.engine.connect() as conn:
             return [s for (s,) in conn.execute(sa.union_all(mine, again))]
 
-    def _reviewed_elsewhere(self, *, counting_unreadable: bool) -> sa.Select:
-        """Reviewed inspections another model scored and this one has not (yet) scored again; with
-        `counting_unreadable`, those whose original it could not read count as not scored."""
+    def _reviewed_elsewhere(
+        self, *, counting_unreadable: bool, model: LoadedModel | None = None
+    ) -> sa.Select:
+        """Reviewed inspections another model scored and this one (default: the one in use) has not (yet)
+        scored again; with `counting_unreadable`, those whose original it could not read count as not
+        scored."""
+        m = model or self.model
         t, r = db.inspections, db.rescores
-        done = sa.select(r.c.id).where(r.c.inspection_id == t.c.id, r.c.scale_id == self.scale_id)
+        done = sa.select(r.c.id).where(r.c.inspection_id == t.c.id, r.c.scale_id == m.scale_id)
         if counting_unreadable:
             done = done.where(r.c.score.is_not(None))
         states = db.REVIEWED_GOOD + db.REVIEWED_DEFECT
-        return sa.select(t).where(t.c.review_state.in_(states), ~self.on_this_scale(t), ~done.exists())
+        return sa.select(t).where(t.c.review_state.in_(states), ~self.on_this_scale(t, m), ~done.exists())
 
     def reviewed_by_other_models(self, *, pending: bool = False) -> int:
         """How many reviewed inspections are left out of reviewed_scores, scored by other models only; with
@@ -550,8 +610,9 @@ class Station:
         Live inspections go first: it waits while any is in flight. An original that cannot be read is
         recorded as such and counted, the rest go on. Returns the counts {"scored", "unreadable", "total"}."""
         t = db.inspections
+        m = self.model  # the scores are this model's, even if a reload replaces it meanwhile
         pending = (
-            self._reviewed_elsewhere(counting_unreadable=False)
+            self._reviewed_elsewhere(counting_unreadable=False, model=m)
             .with_only_columns(t.c.id, t.c.image_path)  # a long review history: two columns a row
             .order_by(t.c.id.desc())
         )
@@ -567,7 +628,7 @@ class Station:
             try:
                 path = self.storage.path(row["image_path"])
                 image, _ = open_image(path.read_bytes(), str(path), self.settings.max_pixels)
-                score = self.predictor.predict_one(image, threshold=self._threshold).score
+                score = m.predictor.predict_one(image, threshold=0.0).score
             except (RD2TError, OSError) as e:
                 log.warning("rescoring inspection %s: %s", row["id"], e)
                 score = None
@@ -575,7 +636,7 @@ class Station:
                 with self.engine.begin() as conn:
                     conn.execute(
                         db.rescores.insert().values(
-                            inspection_id=row["id"], scale_id=self.scale_id, score=score, at=db.utcnow()
+                            inspection_id=row["id"], scale_id=m.scale_id, score=score, at=db.utcnow()
                         )
                     )
             except sa.exc.IntegrityError:  # another process on the same database scored it first
@@ -631,24 +692,60 @@ class Station:
             return conn.execute(sa.select(t.c.id).where(t.c.source == source)).first() is not None
 
     def model_description(self) -> dict:
-        path = self.settings.model
-        metrics_file = path.parent / "metrics.json"
+        m = self.model
+        metrics_file = m.path.parent / "metrics.json"
         try:
             metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         except (OSError, ValueError):
             metrics = None
-        cal = self.predictor.calibration
+        cal = m.predictor.calibration
         return {
-            "id": self.model_id,
-            "name": path.name,
-            "path": str(path.resolve()),
-            "sha256": self.model_sha256,
-            "backend": type(self.predictor.backend).__name__.removesuffix("Backend").lower(),
-            "config": self.predictor.config.to_dict(),
+            "id": m.id,
+            "name": m.path.name,
+            "path": str(m.path),
+            "configured_path": str(self.settings.model.absolute()),  # a link, when it differs from path
+            "sha256": m.sha256,
+            "backend": type(m.predictor.backend).__name__.removesuffix("Backend").lower(),
+            "config": m.predictor.config.to_dict(),
             "calibration": cal.to_dict() if cal else None,
             "metrics": metrics,
-            "loaded_at": self.loaded_at.isoformat(),
+            "loaded_at": m.loaded_at.isoformat(),
         }
+
+    def reload_model(self) -> dict:
+        """Load the file at --model again (a retrained model copied or linked into its place) and score the
+        next inspection with it; inspections already started finish with the model they started with. The
+        new model gets its own threshold (the last change made on its scores, else its calibrated one), as
+        at a restart; a rescoring under way stops (its scores are the old model's). An unreadable file
+        raises a one-line error and the model in use stays. Returns {"changed", "previous", "model"}."""
+        with self._reload_lock:
+            old = self.model
+            try:
+                unchanged = file_sha256(self.settings.model.resolve()) == old.sha256
+            except OSError as e:
+                raise ConfigError(
+                    f"{self.settings.model}: cannot read the model ({e.strerror or e})"
+                ) from None
+            if unchanged:
+                return {"changed": False, "previous": old.id, "model": self.model_description()}
+            new = LoadedModel.open(self.settings, warm_up=True)  # seconds: the old model scores meanwhile
+            threshold = self._threshold_in_force(new)
+            self.stop_rescoring()
+            with self._model_lock:
+                self.model, self._threshold = new, threshold
+                self._colour_ranges[new.id] = new.colour_range
+        log.info(
+            "model %s (%s) replaced %s (%s); threshold %.4g", new.id, new.path, old.id, old.path, threshold
+        )
+        if other := self.change_for_other_model():
+            log.warning(
+                "the last threshold change (to %.4g, %s) was for model %s and does not apply to model %s",
+                other["value"],
+                other["at"],
+                other["model_id"] or "unknown",
+                new.id,
+            )
+        return {"changed": True, "previous": old.id, "model": self.model_description()}
 
     def ready(self) -> dict:
         """Model loaded; database answers and takes a write (rolled back); images folder writable."""
@@ -798,3 +895,23 @@ class Station:
         if self.publisher:
             self.publisher.close()
         self.engine.dispose()
+
+
+def reload_on_sighup(station: Station) -> None:
+    """`kill -HUP PID` (systemd's ExecReload) makes `rd2t serve` / `rd2t watch` reload --model, in a
+    background thread so that inspections go on meanwhile. Call from the main thread; no-op without SIGHUP."""
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def reload() -> None:
+        try:
+            done = station.reload_model()
+        except Exception as e:  # a half-copied file, say: the model in use stays, the log says why
+            log.error("model not reloaded (%s stays): %s", station.model_id, e)
+            return
+        if not done["changed"]:
+            log.info("model %s unchanged: nothing to reload", done["previous"])
+
+    signal.signal(
+        signal.SIGHUP, lambda *_: threading.Thread(target=reload, name="reload", daemon=True).start()
+    )

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from rd2t.data.images import IMAGE_EXTENSIONS
 from rd2t.errors import InputError, RD2TError
 from rd2t.service.settings import StationSettings
-from rd2t.service.station import Station
+from rd2t.service.station import Station, reload_on_sighup
 
 log = logging.getLogger("rd2t.service")
 
@@ -117,6 +117,7 @@ def watch(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     station = Station(settings)
     station.start_retention()
+    reload_on_sighup(station)
     watcher = Watcher(station, folder, done_dir)
     log.info("watching %s with %s (database %s)", folder, settings.model, settings.db_url.split("@")[-1])
     try:
