@@ -303,3 +303,39 @@ def test_two_watchers_do_not_double_count_and_a_restart_skips_done_files(trained
         assert count_rows(db_file) == (7, 7)
     finally:
         station.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_makes_a_running_watch_score_the_next_file_with_the_model_put_in_place(
+    trained_cli_model, tmp_path
+):
+    from rd2t.files import file_sha256
+
+    folder, images_dir, log = tmp_path / "camera", tmp_path / "station", tmp_path / "watch.log"
+    folder.mkdir()
+    live = tmp_path / "current.pt"
+    shutil.copy(trained_cli_model, live)
+    old_id = file_sha256(live)[:12]
+    new_id = file_sha256(retrained_copy(trained_cli_model, tmp_path / "next.pt"))[:12]
+    first, second = images(2, seed=300)
+    (folder / "first.png").write_bytes(first)
+    db_file = images_dir / "rd2t.sqlite"
+    watcher = rd2t("watch", str(folder), str(live), "--images", str(images_dir), "--interval", "0.2",
+                   "--threads", "1", log=log)  # fmt: skip
+    try:
+        wait_rows(db_file, 1)
+        os.replace(tmp_path / "next.pt", live)
+        watcher.send_signal(signal.SIGHUP)
+        deadline = time.time() + 60
+        while f"model {new_id}" not in log.read_text():
+            assert watcher.poll() is None, f"rd2t watch exited on SIGHUP: {log.read_text()[-2000:]}"
+            assert time.time() < deadline, f"not reloaded: {log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        (folder / "second.png").write_bytes(second)
+        wait_rows(db_file, 2)
+        with sqlite3.connect(db_file) as conn:
+            models = [m for (m,) in conn.execute("SELECT model_id FROM inspections ORDER BY id")]
+        assert models == [old_id, new_id] and watcher.poll() is None
+    finally:
+        watcher.terminate()
+        watcher.wait(30)
