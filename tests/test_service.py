@@ -551,6 +551,8 @@ def test_reloading_the_model_swaps_it_between_two_inspections_and_loses_none(tra
         png = client.get(first_a["links"]["overlay"])
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
         assert "b.pt" in client.get("/model").text
+        in_use = [x for x in client.get("/metrics").text.splitlines() if x.startswith("rd2t_model{")]
+        assert in_use == [f'rd2t_model{{id="{b_id}",name="b.pt"}} 1.0']
         assert client.post("/v1/model/reload").json()["changed"] is False  # the same file again
 
         point("bad.pt")

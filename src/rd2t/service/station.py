@@ -97,6 +97,8 @@ class Metrics:
         )
         self.decisions = Counter("rd2t_decisions", "Verdicts", ["decision"], registry=self.registry)
         self.queue_depth = Gauge("rd2t_queue_depth", "Inspections running or waiting", registry=self.registry)
+        self.model = Gauge("rd2t_model", "The model in use: 1 for its id and file name", ["id", "name"],
+                           registry=self.registry)  # fmt: skip
         self.images_free = Gauge(
             "rd2t_images_free_bytes", "Free space on the images folder's disk", registry=self.registry
         )
@@ -161,6 +163,7 @@ class Station:
             )
         self.metrics = Metrics()
         self.metrics.images_free.set_function(lambda: shutil.disk_usage(self.storage.root).free)
+        self.metrics.model.labels(self.model.id, self.model.path.name).set(1)
         self.listeners: list[Callable[[dict], None]] = []  # called with each committed record
         self.publisher = None
         if settings.mqtt:
@@ -734,6 +737,8 @@ class Station:
             with self._model_lock:
                 self.model, self._threshold = new, threshold
                 self._colour_ranges[new.id] = new.colour_range
+            self.metrics.model.clear()
+            self.metrics.model.labels(new.id, new.path.name).set(1)
         log.info(
             "model %s (%s) replaced %s (%s); threshold %.4g", new.id, new.path, old.id, old.path, threshold
         )
