@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         live = Path(tmp) / "current"
         live.symlink_to(Path(a.model).resolve())
-        station = Station(StationSettings(live, images=Path(tmp) / "st", threads=a.threads))
+        station = Station(StationSettings(live, images=Path(tmp) / "st", threads=a.threads, overlay="eager"))
         times: dict[str, list[float]] = {"before": [], "during": [], "after": []}
         phase, reload_s = "before", [0.0]
 

@@ -38,7 +38,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         station = Station(
-            StationSettings(Path(a.model), db=a.db, images=Path(tmp), threads=1, keep_images_days=1)
+            StationSettings(
+                Path(a.model), db=a.db, images=Path(tmp), threads=1, keep_images_days=1, overlay="eager"
+            )
         )
         t0 = time.time()
         for i in range(a.n):

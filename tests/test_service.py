@@ -328,8 +328,13 @@ def test_rescoring_stops_on_request_keeps_what_it_scored_and_reports_a_failure(t
 
 
 def files_of(station, inspection_id: int) -> list[Path]:
+    """What an inspection stored: the original, the overlay (eager) or the map it is drawn from (lazy), the
+    thumbnail."""
     row = station.row(inspection_id)
-    return [station.storage.path(row[c]) for c in ("image_path", "overlay_path", "thumb_path")]
+    drawn = row["overlay_path"]
+    if station.settings.overlay == "lazy":
+        drawn = station.storage.map_name(drawn)
+    return [station.storage.path(n) for n in (row["image_path"], drawn, row["thumb_path"])]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -468,6 +473,8 @@ def retrained_copy(model: Path, out: Path) -> Path:
             ckpt.weights[name] = w * 1.5
     ckpt.calibration.scores = [1.5 * v for v in ckpt.calibration.scores]
     ckpt.calibration.threshold *= 1.5
+    if ckpt.calibration.map_range is not None:  # its heat maps' colour scale
+        ckpt.calibration.map_range = tuple(1.5 * v for v in ckpt.calibration.map_range)
     return ckpt.save(out)
 
 
@@ -1033,11 +1040,16 @@ def test_onnx_model_scores_through_the_same_predictor_and_keeps_the_threshold(tr
 
 
 def test_lazy_overlay_is_drawn_when_first_asked_for(trained_cli_model, tmp_path):
+    """The map is stored with the verdict and the overlay drawn when first viewed, also after the station
+    moved to another model: on its own model's colour scale, the very PNG an eager station writes."""
     from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
 
     s = StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, overlay="lazy")
+    part, later_part = images(2, seed=97, defect=True)
     with running_server(s) as client:
-        rec = inspect(client, images(1, seed=97, defect=True)[0]).json()
+        later = inspect(client, later_part).json()  # its overlay is not asked for under this model
+        rec = inspect(client, part).json()
         assert not list((tmp_path / "st").glob("overlays/*/*.png")) and list(
             (tmp_path / "st").glob("maps/*/*.npy")
         )
@@ -1047,3 +1059,13 @@ def test_lazy_overlay_is_drawn_when_first_asked_for(trained_cli_model, tmp_path)
         assert client.get(rec["links"]["overlay"]).content == first.content
         r = client.post("/v1/inspect?heatmap=png", files={"file": ("b.png", images(1, seed=98)[0])})
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    other = StationSettings(retrained_copy(trained_cli_model, tmp_path / "b.pt"), images=tmp_path / "st")
+    with running_server(other) as client:  # restarted on another model, with another colour scale
+        drawn = client.get(later["links"]["overlay"])
+        assert drawn.status_code == 200
+    eager = Station(StationSettings(trained_cli_model, images=tmp_path / "eager", threads=1, overlay="eager"))
+    try:
+        same = eager.inspect(later_part, "later.png")
+        assert drawn.content == eager.overlay_file(eager.row(same["id"])).read_bytes()
+    finally:
+        eager.close()

@@ -458,7 +458,7 @@ def serve(
     queue: Annotated[int, typer.Option(min=0, help="Requests waiting before 503.")] = 16,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 50.0,
     max_pixels: Annotated[int, typer.Option(help="Largest width x height.")] = 40_000_000,
-    overlay: Annotated[str, typer.Option(help="eager: drawn per verdict; lazy: when viewed.")] = "eager",
+    overlay: Annotated[str, typer.Option(help="lazy: drawn when first viewed; eager: per verdict.")] = "lazy",
     keep_images_days: Annotated[float | None, KEEP_DAYS_OPTION] = None,
     min_free_gb: Annotated[float | None, MIN_FREE_OPTION] = None,
 ) -> None:

@@ -25,7 +25,7 @@ class StationSettings:
     queue: int = 16  # requests waiting for a worker before 503
     max_upload_mb: float = 50.0
     max_pixels: int = 40_000_000  # width * height, checked from the header before decoding
-    overlay: str = "eager"  # eager: overlay PNG written with each inspection; lazy: on first request
+    overlay: str = "lazy"  # lazy: the map stored, the overlay drawn when first viewed; eager: per verdict
     # Retention (off unless set): the image files of unreviewed inspections older than this many days are
     # removed, and, while the images folder's disk has less free space than this, the oldest ones. Rows stay.
     keep_images_days: float | None = None

@@ -145,10 +145,11 @@ class Station:
     def __init__(self, settings: StationSettings):
         self.settings = settings
         self.model = LoadedModel.open(settings)
-        # Colour scales of every model this process has loaded: a lazy overlay is drawn on its own model's.
-        self._colour_ranges = {self.model.id: self.model.colour_range}
+        # Colour scales of the models this process has loaded: a lazy overlay is drawn on its own model's.
+        self._colour_ranges: dict[str, tuple[float, float]] = {}
         self.storage = Storage(settings.images)
         self.storage.sweep_temp_files()
+        self._record_model(self.model)
         self.engine = db.open_engine(settings.db_url)
         self._threshold = self._threshold_in_force()
         if other := self.change_for_other_model():
@@ -446,7 +447,7 @@ class Station:
         if path.is_file():
             return path
         map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
-        colours = self._colour_ranges.get(row["model_id"])  # the map's own model's scale
+        colours = self._colour_range_of(row["model_id"])  # the map's own model's scale
         if not map_file.is_file() or colours is None:
             raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
         with self.storage.writing():  # not while the retention policy removes this row's files
@@ -454,6 +455,23 @@ class Station:
             heat = overlay(image, np.load(map_file), *colours)
             self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
         return path
+
+    def _record_model(self, m: LoadedModel) -> None:
+        """IMAGES/models/<id>.json: what a lazy overlay needs of the model that made its map (its colour
+        scale), kept beside the maps, so the overlay can be drawn after the station moved to another model."""
+        self._colour_ranges[m.id] = m.colour_range
+        record = {"id": m.id, "name": m.path.name, "sha256": m.sha256, "colour_range": list(m.colour_range)}
+        self.storage.put(f"models/{m.id}.json", json.dumps(record).encode())
+
+    def _colour_range_of(self, model_id: str | None) -> tuple[float, float] | None:
+        if model_id in self._colour_ranges:
+            return self._colour_ranges[model_id]
+        try:  # a model another process or an earlier run loaded
+            lo, hi = json.loads(self.storage.path(f"models/{model_id}.json").read_text())["colour_range"]
+        except (OSError, ValueError, KeyError, TypeError, InputError):
+            return None  # maps stored before models/ existed, by a model not loaded since
+        self._colour_ranges[model_id] = (float(lo), float(hi))
+        return self._colour_ranges[model_id]
 
     def get(self, inspection_id: int) -> dict | None:
         r = self.row(inspection_id)
@@ -734,9 +752,9 @@ class Station:
             new = LoadedModel.open(self.settings, warm_up=True)  # seconds: the old model scores meanwhile
             threshold = self._threshold_in_force(new)
             self.stop_rescoring()
+            self._record_model(new)
             with self._model_lock:
                 self.model, self._threshold = new, threshold
-                self._colour_ranges[new.id] = new.colour_range
             self.metrics.model.clear()
             self.metrics.model.labels(new.id, new.path.name).set(1)
         log.info(
