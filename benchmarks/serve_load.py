@@ -1,8 +1,7 @@
 """Load test of `rd2t serve` beside the bare model (`rd2t predict`'s Predictor) on the same files.
 
     python benchmarks/serve_load.py MODEL [--images 64] [--size 900] [--clients 1,4,16] [--requests 64]
-        [--workers 2] [--batch 1] [--threads 2] [--overlay eager|lazy] [--memory-runs 0]
-        [--out runs/serve_load]
+        [--workers 2] [--threads 2] [--overlay eager|lazy] [--memory-runs 0] [--out runs/serve_load]
 
 Writes N PNGs (generated textures, like MVTec's 900x900 parts), then measures:
   - bare model: Predictor.predict over the files in one process at batch 1 and batch 8 (the code
@@ -99,7 +98,6 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=64, help="inspections per client level")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=1, help="the server's --batch (micro-batching; <= workers)")
     ap.add_argument("--threads", type=int, default=2, help="model threads (bare model and server)")
     ap.add_argument("--memory-runs", type=int, default=0, help="extra inspections before the last RSS")
     ap.add_argument("--overlay", default="eager", help="the server's --overlay: eager|lazy")
@@ -118,7 +116,6 @@ def main() -> None:
     bodies = [p.read_bytes() for p in files]
     result = {"model": str(args.model), "size": args.size, "images": args.images, "cpus": os.cpu_count()}
     result["workers"], result["threads"], result["overlay"] = args.workers, args.threads, args.overlay
-    result["batch"] = args.batch
     result["load_before"] = os.getloadavg()
     result["bare_model"] = bare_model(args.model, files, args.threads)
 
@@ -136,8 +133,7 @@ def main() -> None:
         "--images",
         str(work / "st"),
     ]
-    cmd += ["--workers", str(args.workers), "--batch", str(args.batch), "--threads", str(args.threads)]
-    cmd += ["--queue", "64"]
+    cmd += ["--workers", str(args.workers), "--threads", str(args.threads), "--queue", "64"]
     cmd += ["--overlay", args.overlay] + (["--db", args.db] if args.db else [])
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

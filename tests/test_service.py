@@ -20,7 +20,6 @@ import time
 import uuid
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -571,34 +570,6 @@ def test_reloading_the_model_swaps_it_between_two_inspections_and_loses_none(tra
             and "bad.pt" in r.json()["detail"]
         )
         assert inspect(client, bodies[2]).json()["model"]["id"] == b_id
-
-
-def test_inspections_running_at_once_share_a_model_call_and_score_as_alone(trained_cli_model, tmp_path):
-    """--batch 4: parts sent together (several cameras) are scored in shared model calls, fewer calls than
-    parts (/metrics' batch sizes), and each exactly as `rd2t predict` scores it alone."""
-    from rd2t.service.settings import StationSettings
-
-    with pytest.raises(ConfigError, match=r"^--batch 4: need 1 <= batch <= --workers \(2\)"):
-        StationSettings(trained_cli_model, workers=2, batch=4)
-    bodies = images(4, seed=80)
-    predictor = Predictor.open(trained_cli_model)
-    alone = [predictor.predict_one(Image.open(io.BytesIO(b)).convert("RGB")).score for b in bodies]
-    settings = StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, workers=4, batch=4)
-    with running_server(settings) as client:
-
-        def camera(k: int) -> list:
-            with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
-                return [(k, inspect(c, bodies[k], f"{k}.png")) for _ in range(6)]
-
-        with ThreadPoolExecutor(len(bodies)) as cameras:  # all four at once
-            answers = [r for rs in cameras.map(camera, range(len(bodies))) for r in rs]
-        assert len(answers) == 24 and all(r.status_code == 200 for _, r in answers)
-        for k, r in answers:
-            assert r.json()["score"] == pytest.approx(alone[k], rel=1e-5)
-        metrics = client.get("/metrics").text.splitlines()
-        calls = next(float(x.split()[1]) for x in metrics if x.startswith("rd2t_model_batch_size_count"))
-        scored = next(float(x.split()[1]) for x in metrics if x.startswith("rd2t_model_batch_size_sum"))
-        assert scored == 24 and calls < 24, (calls, scored)
 
 
 def inspect(client, data: bytes, name: str = "part.png", **fields):

@@ -455,7 +455,6 @@ def serve(
     backend: Annotated[str, BACKEND_OPTION] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Images scored at once.")] = 2,
-    batch: Annotated[int, typer.Option(help="Up to N of those share one model call (<= --workers).")] = 1,
     queue: Annotated[int, typer.Option(min=0, help="Requests waiting before 503.")] = 16,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 50.0,
     max_pixels: Annotated[int, typer.Option(help="Largest width x height.")] = 40_000_000,
@@ -467,7 +466,7 @@ def serve(
     from rd2t.service.app import serve as run
     from rd2t.service.settings import StationSettings
 
-    run(StationSettings(model, host, port, db, images, mqtt, token, backend, threads, workers, batch, queue,
+    run(StationSettings(model, host, port, db, images, mqtt, token, backend, threads, workers, queue,
                         max_upload_mb, max_pixels, overlay, keep_images_days, min_free_gb))  # fmt: skip
 
 

@@ -22,7 +22,6 @@ class StationSettings:
     backend: str = "auto"  # auto|torch|onnx
     threads: int | None = None  # CPU threads of the model
     workers: int = 2  # scoring threads
-    batch: int = 1  # up to this many inspections running at once share one model call (1: each its own)
     queue: int = 16  # requests waiting for a worker before 503
     max_upload_mb: float = 50.0
     max_pixels: int = 40_000_000  # width * height, checked from the header before decoding
@@ -40,11 +39,6 @@ class StationSettings:
         if self.workers < 1 or self.queue < 0:
             raise ConfigError(
                 f"--workers {self.workers} / --queue {self.queue}: need workers >= 1, queue >= 0"
-            )
-        if not 1 <= self.batch <= self.workers:
-            raise ConfigError(
-                f"--batch {self.batch}: need 1 <= batch <= --workers ({self.workers}); only inspections "
-                "running at once can share a model call"
             )
         if not self.max_upload_mb > 0 or self.max_pixels < 1:
             raise ConfigError("--max-upload-mb and --max-pixels must be positive")

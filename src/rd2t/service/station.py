@@ -25,7 +25,6 @@ import rd2t
 from rd2t.data.images import _one_line, to_rgb
 from rd2t.errors import ConfigError, InputError, RD2TError
 from rd2t.files import check_writable, file_sha256
-from rd2t.inference.batching import Batcher
 from rd2t.inference.predictor import Predictor, check_threshold
 from rd2t.report.heatmap import overlay
 from rd2t.service import db
@@ -98,12 +97,6 @@ class Metrics:
         )
         self.decisions = Counter("rd2t_decisions", "Verdicts", ["decision"], registry=self.registry)
         self.queue_depth = Gauge("rd2t_queue_depth", "Inspections running or waiting", registry=self.registry)
-        self.batch_size = Histogram(
-            "rd2t_model_batch_size",
-            "Images per model call (--batch: inspections running at once share one)",
-            buckets=(1, 2, 4, 8, 16, 32),
-            registry=self.registry,
-        )
         self.model = Gauge("rd2t_model", "The model in use: 1 for its id and file name", ["id", "name"],
                            registry=self.registry)  # fmt: skip
         self.images_free = Gauge(
@@ -178,9 +171,6 @@ class Station:
             from rd2t.service.mqtt import Publisher
 
             self.publisher = Publisher(settings.mqtt)
-        self._batcher = (
-            Batcher(settings.batch, self.metrics.batch_size.observe) if settings.batch > 1 else None
-        )
         self._lock = threading.Lock()
         # Held to read or replace the model and its threshold together (inspect, set_threshold, reload_model).
         self._model_lock = threading.Lock()
@@ -341,10 +331,7 @@ class Station:
         decode_ms = (time.perf_counter() - t0) * 1000
         with self._model_lock:  # one model and its threshold for the whole inspection, even across a reload
             m, threshold = self.model, self._threshold
-        if self._batcher:  # scored together with the inspections running at this moment
-            pred = self._batcher.score(m.predictor, image)
-        else:
-            pred = m.predictor.predict_one(image, threshold=threshold)
+        pred = m.predictor.predict_one(image, threshold=threshold)
         decode_ms += pred.timings.get("decode", 0.0)
         sha = hashlib.sha256(data).hexdigest()
         original, overlay_name, thumb = self.storage.names(sha, fmt, m.id)
@@ -928,8 +915,6 @@ class Station:
         for worker in (self._rescorer, self._retention):  # each ends after its current image or batch
             if worker is not None:
                 worker.join(timeout=10)
-        if self._batcher:
-            self._batcher.close()
         if self.publisher:
             self.publisher.close()
         self.engine.dispose()
