@@ -69,14 +69,30 @@ def held_out(n: int) -> torch.Tensor:
     return held
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str) -> argparse.Namespace:
+    """The teacher-only diagnostics' command line (rounds 20-21): a set, and where to write the table."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root")
     ap.add_argument("--category", default=".")
     ap.add_argument("--json", help="write the table here")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def report(a: argparse.Namespace, test: list, masks: list, held: torch.Tensor, maps: dict, peaks: dict,
+           t0: float) -> None:  # fmt: skip
+    """Print the table of `maps` and write it with the held-out peaks to --json."""
+    table = table_of(test, masks, maps)
+    print(f"{int((~held).sum())} bank images, {int(held.sum())} held out, {len(test)} test images, "
+          f"{time.time() - t0:.0f} s")  # fmt: skip
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"root": a.root, "category": a.category, "peaks": peaks, "knn": table}, f, indent=1)
+
+
+def main() -> None:
+    a = parse_args(__doc__)
     t0 = time.time()
-    train_paths, images, test, test_images, masks = training_and_test(a.root, a.category)
+    _, images, test, test_images, masks = training_and_test(a.root, a.category)
     held = held_out(len(images))
     teacher = Teacher(TEACHERS[0])
     maps, peaks = {}, {}
@@ -84,12 +100,7 @@ def main() -> None:
         maps[str(size)], peaks[size] = scaled_knn(teacher, images, held, test_images, size)
         print(f"{size} px: held-out peak {peaks[size]:.3f} ({time.time() - t0:.0f} s)", flush=True)
     maps[f"{SIZE}+{SIZE // 2}"] = maps[str(SIZE)] + maps[str(SIZE // 2)]
-    table = table_of(test, masks, maps)
-    print(f"{int((~held).sum())} bank images, {int(held.sum())} held out, {len(test)} test images, "
-          f"{time.time() - t0:.0f} s")  # fmt: skip
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"root": a.root, "category": a.category, "peaks": peaks, "knn": table}, f, indent=1)
+    report(a, test, masks, held, maps, peaks, t0)
 
 
 if __name__ == "__main__":

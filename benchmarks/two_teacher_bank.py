@@ -14,24 +14,18 @@ AUROC at 256 px per defect type and image AUROC of each map's maximum.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
-from input_scale import held_out, scaled_knn, table_of  # benchmarks/ is on the path when a script runs
+from input_scale import held_out, parse_args, report, scaled_knn  # benchmarks/ is on the path
 from teacher_terms import TEACHERS, training_and_test
 
 from rd2t.model.teachers import Teacher
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("root")
-    ap.add_argument("--category", default=".")
-    ap.add_argument("--json", help="write the table here")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     t0 = time.time()
-    train_paths, images, test, test_images, masks = training_and_test(a.root, a.category)
+    _, images, test, test_images, masks = training_and_test(a.root, a.category)
     held = held_out(len(images))
     maps, peaks = {}, {}
     for name in TEACHERS:  # Lite2 (the bank's today), Lite0
@@ -39,12 +33,7 @@ def main() -> None:
         maps[short], peaks[short] = scaled_knn(Teacher(name), images, held, test_images)
         print(f"{short}: held-out peak {peaks[short]:.3f} ({time.time() - t0:.0f} s)", flush=True)
     maps["lite2+lite0"] = maps["lite2"] + maps["lite0"]
-    table = table_of(test, masks, maps)
-    print(f"{int((~held).sum())} bank images, {int(held.sum())} held out, {len(test)} test images, "
-          f"{time.time() - t0:.0f} s")  # fmt: skip
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"root": a.root, "category": a.category, "peaks": peaks, "knn": table}, f, indent=1)
+    report(a, test, masks, held, maps, peaks, t0)
 
 
 if __name__ == "__main__":
