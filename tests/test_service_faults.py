@@ -6,6 +6,7 @@ Real processes (`rd2t serve`, `rd2t watch`, `mosquitto`) on loopback, bounded in
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +27,8 @@ httpx = pytest.importorskip("httpx")
 
 from tests.conftest import texture  # noqa: E402
 from tests.test_service import (  # noqa: E402
+    MQTT_HOST,
+    MQTT_PORT,
     Subscriber,
     free_port,
     images,
@@ -339,3 +343,61 @@ def test_sighup_makes_a_running_watch_score_the_next_file_with_the_model_put_in_
     finally:
         watcher.terminate()
         watcher.wait(30)
+
+
+def test_the_line_controller_sees_the_station_online_its_model_and_offline_even_after_kill_9(
+    trained_cli_model, tmp_path
+):
+    """`<topic>/status`, retained: "online" with the model at start and after a reload; "offline" from the
+    broker itself (the Last Will) when the process is killed; "offline" from the station on a clean stop."""
+    import paho.mqtt.client as mqtt
+
+    from rd2t.files import file_sha256
+
+    need(port_open(MQTT_HOST, MQTT_PORT), f"an MQTT broker on {MQTT_HOST}:{MQTT_PORT}")
+    topic = f"rd2t-test/{uuid.uuid4().hex}"
+    states: list[dict] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{topic}/status", qos=1)
+    watcher.on_message = lambda c, u, m: m.payload and states.append(json.loads(m.payload))
+    watcher.connect(MQTT_HOST, MQTT_PORT)
+    watcher.loop_start()
+
+    def next_state(state: str, after: int) -> dict:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            found = [s for s in states[after:] if s["state"] == state]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {state!r} status after message {after}: {states}")
+
+    live = tmp_path / "current.pt"
+    shutil.copy(trained_cli_model, live)
+    old_id = file_sha256(live)[:12]
+    new_id = file_sha256(retrained_copy(trained_cli_model, tmp_path / "next.pt"))[:12]
+    mqtt_url = f"mqtt://{MQTT_HOST}:{MQTT_PORT}/{topic}"
+    try:
+        with serve_process(live, tmp_path / "st", tmp_path / "a.log", "--mqtt", mqtt_url) as (proc, client):
+            assert next_state("online", 0)["model_id"] == old_id
+            seen = len(states)
+            os.replace(tmp_path / "next.pt", live)
+            assert client.post("/v1/model/reload").status_code == 200
+            assert next_state("online", seen)["model_id"] == new_id  # the controller learns the new model
+            seen = len(states)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            assert next_state("offline", seen)["reason"] == "connection lost"  # said by the broker
+        seen = len(states)
+        with serve_process(live, tmp_path / "st", tmp_path / "b.log", "--mqtt", mqtt_url) as (proc, client):
+            assert next_state("online", seen)["model_id"] == new_id  # the retained "offline" replaced
+            seen = len(states)
+            proc.terminate()
+            proc.wait(30)
+            assert next_state("offline", seen)["reason"] == "stopped"
+    finally:
+        watcher.publish(f"{topic}/status", b"", qos=1, retain=True).wait_for_publish(
+            5
+        )  # no retained leftover
+        watcher.disconnect()
+        watcher.loop_stop()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -170,7 +171,7 @@ class Station:
         if settings.mqtt:
             from rd2t.service.mqtt import Publisher
 
-            self.publisher = Publisher(settings.mqtt)
+            self.publisher = Publisher(settings.mqtt, online=self._status)
         self._lock = threading.Lock()
         # Held to read or replace the model and its threshold together (inspect, set_threshold, reload_model).
         self._model_lock = threading.Lock()
@@ -733,6 +734,11 @@ class Station:
             "loaded_at": m.loaded_at.isoformat(),
         }
 
+    def _status(self) -> dict:
+        """What the station's "online" MQTT status says of it: the model in use."""
+        m = self.model
+        return {"model_id": m.id, "model_name": m.path.name, "pid": os.getpid()}
+
     def reload_model(self) -> dict:
         """Load the file at --model again (a retrained model copied or linked into its place) and score the
         next inspection with it; inspections already started finish with the model they started with. The
@@ -757,6 +763,8 @@ class Station:
                 self.model, self._threshold = new, threshold
             self.metrics.model.clear()
             self.metrics.model.labels(new.id, new.path.name).set(1)
+            if self.publisher:  # the line controller learns the new model from the retained status
+                self.publisher.announce()
         log.info(
             "model %s (%s) replaced %s (%s); threshold %.4g", new.id, new.path, old.id, old.path, threshold
         )
