@@ -440,3 +440,28 @@ def test_model_page_loads_a_retrained_model_put_in_place(trained_cli_model, brow
         )
         page.close()
     assert not errors, errors
+
+
+def test_live_view_warns_while_the_line_controller_is_not_told(
+    trained_cli_model, browser, tmp_path, screenshots
+):
+    """--mqtt to a broker that does not answer: the live view says the verdicts are not reaching the line
+    controller, and inspections go on."""
+    from rd2t.service.settings import StationSettings
+    from tests.test_service import running_server
+
+    away = f"mqtt://127.0.0.1:{free_port()}/line/verdicts"  # nothing listens there
+    errors: list = []
+    with running_server(
+        StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, mqtt=away)
+    ) as client:
+        r = client.post("/v1/inspect", content=png(91), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200
+        page = new_page(browser, errors)
+        page.goto(f"{client.base_url}/")
+        sync_api.expect(page.locator("#mqtt-down")).to_be_visible()
+        sync_api.expect(page.locator("#mqtt-down")).to_contain_text("the line controller is not being told")
+        sync_api.expect(page.locator(".card")).to_have_count(1)
+        page.screenshot(path=str(screenshots / "live-mqtt-down.png"), full_page=True, animations="disabled")
+        page.close()
+    assert not errors, errors

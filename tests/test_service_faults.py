@@ -236,6 +236,12 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                 while_down = client.post("/v1/inspect", files={"file": ("b.png", data[1])})
                 assert while_down.status_code == 200  # inspection does not wait for the broker
                 assert time.perf_counter() - t0 < 5
+                deadline = time.time() + 10
+                while client.get("/readyz").json()["mqtt"] is not False:  # reported, still ready
+                    assert time.time() < deadline, "the broker's absence is not reported"
+                    time.sleep(0.1)
+                assert client.get("/readyz").status_code == 200
+                assert "rd2t_mqtt_connected 0.0" in client.get("/metrics").text.splitlines()
 
                 mosquitto = broker()
                 assert sub.subscribed.wait(15), "subscriber did not come back"
@@ -243,6 +249,8 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                 while not publisher.connected and time.time() < deadline:
                     time.sleep(0.1)
                 assert publisher.connected, "the station did not reconnect to the broker"
+                assert client.get("/readyz").json()["mqtt"] is True
+                assert "rd2t_mqtt_connected 1.0" in client.get("/metrics").text.splitlines()
                 after = client.post("/v1/inspect", files={"file": ("c.png", data[2])}).json()
                 assert sub.wait_for(after["id"])["decision"] == after["decision"]
             finally:

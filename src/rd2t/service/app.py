@@ -112,7 +112,12 @@ def create_app(settings: StationSettings | None = None, station: Station | None 
     @app.get("/readyz", tags=["health"])
     def readyz():
         state = station.ready()
-        return JSONResponse(state, 200 if all(state.values()) else 503)
+        needed = (
+            state["model"],
+            state["database"],
+            state["images"],
+        )  # not MQTT: inspections go on without it
+        return JSONResponse(state, 200 if all(needed) else 503)
 
     @app.get("/metrics", tags=["health"])
     def metrics():

@@ -98,6 +98,11 @@ class Metrics:
         )
         self.decisions = Counter("rd2t_decisions", "Verdicts", ["decision"], registry=self.registry)
         self.queue_depth = Gauge("rd2t_queue_depth", "Inspections running or waiting", registry=self.registry)
+        self.mqtt_connected = Gauge(
+            "rd2t_mqtt_connected",
+            "1 while the MQTT broker is connected (with --mqtt)",
+            registry=self.registry,
+        )
         self.model = Gauge("rd2t_model", "The model in use: 1 for its id and file name", ["id", "name"],
                            registry=self.registry)  # fmt: skip
         self.images_free = Gauge(
@@ -172,6 +177,7 @@ class Station:
             from rd2t.service.mqtt import Publisher
 
             self.publisher = Publisher(settings.mqtt, online=self._status)
+            self.metrics.mqtt_connected.set_function(lambda: float(self.publisher.connected))
         self._lock = threading.Lock()
         # Held to read or replace the model and its threshold together (inspect, set_threshold, reload_model).
         self._model_lock = threading.Lock()
@@ -794,7 +800,9 @@ class Station:
         except RD2TError as e:
             log.warning("not ready: %s", e)
             ok_files = False
-        return {"model": self.predictor is not None, "database": ok_db, "images": ok_files}
+        # MQTT is reported, not required: inspections go on without the broker (messages wait in a queue).
+        mqtt = self.publisher.connected if self.publisher else None
+        return {"model": self.predictor is not None, "database": ok_db, "images": ok_files, "mqtt": mqtt}
 
     # ---- retention: image files go, verdicts stay ---------------------------------------------------
     def prune_images(self, now: datetime | None = None) -> dict:

@@ -71,6 +71,12 @@ async function refreshToday() {
     + (reviewed.length ? ` · reviewed: ${reviewed.join(", ")}` : "");
 }
 
+// The broker's state (/readyz; null without --mqtt): a warning while the line controller is not told.
+async function refreshHealth() {
+  const health = await (await fetch("/readyz", { credentials: "same-origin" })).json();
+  document.getElementById("mqtt-down").hidden = health.mqtt !== false;
+}
+
 async function poll() {
   try {
     const query = grid.dataset.query;
@@ -84,7 +90,9 @@ async function poll() {
       while (grid.children.length > limit) grid.lastElementChild.remove();
     }
     // Reviews made elsewhere change the counts too: refresh them now and then.
-    if (page.items.length || ++polls % 10 === 0) await Promise.all([refreshCounts(), refreshToday()]);
+    if (page.items.length || ++polls % 10 === 0) {
+      await Promise.all([refreshCounts(), refreshToday(), refreshHealth()]);
+    }
     setStatus(true);
   } catch (e) {
     setStatus(false);
@@ -93,4 +101,5 @@ async function poll() {
 }
 
 refreshToday().catch(() => setStatus(false));
+refreshHealth().catch(() => setStatus(false));
 setTimeout(poll, POLL_MS);
