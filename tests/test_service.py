@@ -377,10 +377,14 @@ def test_retention_removes_old_unreviewed_images_keeps_every_verdict_and_answers
                         .where(inspections.c.id == i)
                         .values(time=t - datetime.timedelta(days=40))
                     )
-            before = {i: files_of(station, i) for i in (*old, recent)}
+            # the review page's views of a and c, drawn when someone looked at them (c's are recent's too)
+            views = {
+                i: [station.view_file(station.row(i), w) for w in ("image", "overlay")] for i in old[::2]
+            }
+            before = {i: files_of(station, i) + views.get(i, []) for i in (*old, recent)}
             assert all(f.is_file() for fs in before.values() for f in fs)
             done = station.prune_images()
-            assert done["inspections"] == 2 and done["files"] == 3 and done["bytes"] > 0  # a and c; a's files
+            assert done["inspections"] == 2 and done["files"] == 5 and done["bytes"] > 0  # a and c; a's files
             assert not any(f.exists() for f in before[old[0]])
             assert all(f.is_file() for i in (old[1], old[2], recent) for f in before[i])  # reviewed; shared
             assert station.prune_images()["inspections"] == 0  # done once
@@ -570,6 +574,36 @@ def test_reloading_the_model_swaps_it_between_two_inspections_and_loses_none(tra
             and "bad.pt" in r.json()["detail"]
         )
         assert inspect(client, bodies[2]).json()["model"]["id"] == b_id
+
+
+def test_a_large_part_is_reviewed_on_views_of_a_few_megapixels_with_the_originals_a_click_away(
+    trained_cli_model, tmp_path
+):
+    """A 3000 x 2000 part: the inspection page shows JPEG views at most VIEW_PX wide (the original and a
+    heat map drawn at that size, the same picture as the full overlay shrunk), links to the full-size files,
+    and a small part is shown as it is."""
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import VIEW_PX
+
+    rng = np.random.default_rng(81)
+    large = png_bytes(np.concatenate([texture(rng, 1000) for _ in range(3)], 1).repeat(2, 0))  # 3000 x 2000
+    for overlay in ("lazy", "eager"):
+        s = StationSettings(trained_cli_model, images=tmp_path / overlay, threads=1, overlay=overlay)
+        with running_server(s) as client:
+            rec = inspect(client, large, "large.png").json()
+            small = inspect(client, images(1, seed=82)[0], "small.png").json()
+            views = [client.get(rec["links"][k]) for k in ("image_view", "overlay_view")]
+            assert all(v.status_code == 200 and v.headers["content-type"] == "image/jpeg" for v in views)
+            image_view, overlay_view = (Image.open(io.BytesIO(v.content)) for v in views)
+            assert image_view.size == overlay_view.size == (VIEW_PX, round(VIEW_PX * 2 / 3))
+            full = Image.open(io.BytesIO(client.get(rec["links"]["overlay"]).content)).convert("RGB")
+            shrunk = np.asarray(full.resize(overlay_view.size, Image.Resampling.LANCZOS), dtype=float)
+            assert np.abs(np.asarray(overlay_view, dtype=float) - shrunk).mean() < 6  # the same heat map
+            page = client.get(f"/inspections/{rec['id']}").text
+            assert rec["links"]["image_view"] in page and rec["links"]["overlay_view"] in page
+            assert f'href="{rec["links"]["image"]}"' in page and 'id="full-heat-map"' in page
+            small_page = client.get(f"/inspections/{small['id']}").text
+            assert f'src="{small["links"]["image"]}"' in small_page and "image-view.jpg" not in small_page
 
 
 def inspect(client, data: bytes, name: str = "part.png", **fields):

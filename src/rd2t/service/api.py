@@ -330,6 +330,27 @@ def get_overlay(request: Request, inspection_id: int):
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
+def _view(request: Request, inspection_id: int, which: str) -> FileResponse:
+    row = _row_with_images(request, inspection_id)
+    try:
+        path = station_of(request).view_file(row, which)  # a sync route: drawing runs in a thread
+    except InputError as e:
+        raise HTTPException(404, str(e)) from None
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+@api.get(
+    "/inspections/{inspection_id}/image-view.jpg", summary="The image as the review page shows a large part"
+)
+def get_image_view(request: Request, inspection_id: int):
+    return _view(request, inspection_id, "image")
+
+
+@api.get("/inspections/{inspection_id}/overlay-view.jpg", summary="Its heat map as the review page shows it")
+def get_overlay_view(request: Request, inspection_id: int):
+    return _view(request, inspection_id, "overlay")
+
+
 @api.get("/inspections/{inspection_id}/thumb.jpg")
 def get_thumb(request: Request, inspection_id: int):
     return _file(request, inspection_id, "thumb_path", "image/jpeg")

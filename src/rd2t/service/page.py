@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
 from rd2t.service.api import station_of, threshold_analysis, threshold_state, token_of
+from rd2t.service.station import VIEW_PX
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -168,6 +169,7 @@ def inspection_view(request: Request, inspection_id: int):
         r=record,
         review_buttons=buttons,
         next_unreviewed=next_unreviewed,
+        view_px=VIEW_PX,
     )
 
 

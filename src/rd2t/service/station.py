@@ -40,6 +40,10 @@ EXPORT_COLUMNS = (
     "image_sha256",
 )  # fmt: skip
 THUMB_PX = 256
+# The review page shows a part larger than this (longest side, pixels) as JPEG views of this size: a
+# 20-megapixel part's overlay is 38 MB of PNG and took 2.0 s to draw and encode here, its view 1.4 MB and
+# 0.36 s (benchmarks/overlay_size.py); the full-resolution files stay one click away.
+VIEW_PX = 2560
 
 
 class TooLarge(RD2TError):
@@ -427,6 +431,8 @@ class Station:
                 "image": f"/v1/inspections/{i}/image",
                 "overlay": f"/v1/inspections/{i}/overlay.png",
                 "thumb": f"/v1/inspections/{i}/thumb.jpg",
+                "image_view": f"/v1/inspections/{i}/image-view.jpg",
+                "overlay_view": f"/v1/inspections/{i}/overlay-view.jpg",
                 "self": f"/v1/inspections/{i}",
             },
             # when the retention policy removed its image files (the links then answer 410); null: kept
@@ -461,6 +467,29 @@ class Station:
             image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
             heat = overlay(image, np.load(map_file), *colours)
             self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
+        return path
+
+    def view_file(self, row: dict, which: str):
+        """The review page's rendition of a part ("image" or "overlay"): JPEG, at most VIEW_PX on its longest
+        side, drawn on first request from the original (and the stored map, or the full overlay) and kept."""
+        image_name, heat_name = self.storage.view_names(row["image_path"], row["overlay_path"])
+        name = image_name if which == "image" else heat_name
+        path = self.storage.path(name)
+        if path.is_file():
+            return path
+        with self.storage.writing():  # not while the retention policy removes this row's files
+            original = self.storage.path(row["image_path"])
+            image, _ = open_image(original.read_bytes(), row["image_path"], 2**62)
+            image.thumbnail((VIEW_PX, VIEW_PX), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            if which == "overlay":
+                map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
+                colours = self._colour_range_of(row["model_id"])
+                if map_file.is_file() and colours is not None:  # drawn at the view's size: no full-size step
+                    image = overlay(image, np.load(map_file), *colours)
+                else:  # eager: the full-resolution overlay exists; shrink it
+                    image = Image.open(self.overlay_file(row)).convert("RGB")
+                    image.thumbnail((VIEW_PX, VIEW_PX), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            self.storage.put(name, lambda f: image.save(f, "JPEG", quality=90))
         return path
 
     def _record_model(self, m: LoadedModel) -> None:
@@ -895,9 +924,9 @@ class Station:
                 shared = sa.select(t.c.pruned_at, *files).where(
                     t.c.image_sha256.in_({r.image_sha256 for r in rows})
                 )
-                kept = {n for r in conn.execute(shared) if r.pruned_at is None for n in r[1:]}
-            names = {n for r in rows for n in r[2:]} | {self.storage.map_name(r.overlay_path) for r in rows}
-            kept |= {self.storage.map_name(n) for n in kept if n.startswith("overlays/")}
+                kept_rows = [r for r in conn.execute(shared) if r.pruned_at is None]
+            names = {n for r in rows for n in (*r[2:], *self._derived(r.image_path, r.overlay_path))}
+            kept = {n for r in kept_rows for n in (*r[1:], *self._derived(r.image_path, r.overlay_path))}
             # Removed once the rows are committed as pruned, still under the lock: a crash between leaves
             # files no row counts on (disk space), never a kept row pointing at a removed file.
             for name in names - kept:
@@ -906,6 +935,10 @@ class Station:
                     done["bytes"] += freed
         done["inspections"] += len(rows)
         return len(rows)
+
+    def _derived(self, image_name: str, overlay_name: str) -> tuple[str, ...]:
+        """The files drawn from a row's image after it was recorded: the map (lazy), the page's views."""
+        return (self.storage.map_name(overlay_name), *self.storage.view_names(image_name, overlay_name))
 
     def _retention_loop(self, every_s: float) -> None:
         while True:

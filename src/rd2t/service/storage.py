@@ -100,6 +100,14 @@ class Storage:
         """The stored anomaly map (model resolution, float32 .npy) an overlay is drawn from."""
         return "maps/" + overlay_name.removeprefix("overlays/").removesuffix(".png") + ".npy"
 
+    @staticmethod
+    def view_names(image_name: str, overlay_name: str) -> tuple[str, str]:
+        """The review page's JPEG renditions of a large part, drawn on first view: the image and its heat
+        map, at most station.VIEW_PX on their longest side."""
+        image = "views/" + image_name.removeprefix("originals/").rsplit(".", 1)[0] + ".jpg"
+        heat = "views/" + overlay_name.removeprefix("overlays/").removesuffix(".png") + ".jpg"
+        return image, heat
+
     def sweep_temp_files(self, older_than_s: float = 60.0) -> int:
         """Remove temp files left by a process killed mid-write (atomic_write's `.<name>.*.tmp`)."""
         n, now = 0, time.time()
