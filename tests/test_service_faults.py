@@ -393,6 +393,9 @@ def test_the_line_controller_sees_the_station_online_its_model_and_offline_even_
             assert client.post("/v1/model/reload").status_code == 200
             assert next_state("online", seen)["model_id"] == new_id  # the controller learns the new model
             seen = len(states)
+            assert client.post("/v1/threshold", json={"value": 1.25, "by": "ana"}).status_code == 200
+            assert next_state("online", seen)["threshold"] == 1.25  # and each threshold change
+            seen = len(states)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             assert next_state("offline", seen)["reason"] == "connection lost"  # said by the broker
@@ -409,3 +412,39 @@ def test_the_line_controller_sees_the_station_online_its_model_and_offline_even_
         )  # no retained leftover
         watcher.disconnect()
         watcher.loop_stop()
+
+
+def test_a_watcher_tells_the_controller_of_a_threshold_changed_on_the_page(trained_cli_model, tmp_path):
+    """A `rd2t watch` (here its Station) picks up a threshold applied through a `rd2t serve` on the same
+    database before its next scan, and its retained status says the new value."""
+    import paho.mqtt.client as mqtt
+
+    from rd2t.service.settings import StationSettings
+    from rd2t.service.station import Station
+
+    need(port_open(MQTT_HOST, MQTT_PORT), f"an MQTT broker on {MQTT_HOST}:{MQTT_PORT}")
+    topic = f"rd2t-test/{uuid.uuid4().hex}"
+    thresholds: list[float] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    listener.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{topic}/status", qos=1)
+    listener.on_message = lambda c, u, m: (
+        m.payload and thresholds.append(json.loads(m.payload).get("threshold"))
+    )
+    listener.connect(MQTT_HOST, MQTT_PORT)
+    listener.loop_start()
+    mqtt_url = f"mqtt://{MQTT_HOST}:{MQTT_PORT}/{topic}"
+    watcher = Station(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, mqtt=mqtt_url))
+    page = Station(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1))  # the serve's
+    try:
+        page.set_threshold(3.5, by="ana")
+        assert watcher.refresh_threshold() == 3.5  # what Watcher.scan does first
+        deadline = time.time() + 15
+        while 3.5 not in thresholds:
+            assert time.time() < deadline, f"the watcher's status did not say 3.5: {thresholds}"
+            time.sleep(0.05)
+    finally:
+        watcher.close()
+        page.close()
+        listener.publish(f"{topic}/status", b"", qos=1, retain=True).wait_for_publish(5)
+        listener.disconnect()
+        listener.loop_stop()

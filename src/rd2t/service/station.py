@@ -255,8 +255,10 @@ class Station:
     def refresh_threshold(self) -> float:
         """Re-read the threshold in force (another process on the same database may have changed it)."""
         with self._model_lock:
-            self._threshold = self._threshold_in_force()
-            return self._threshold
+            before, self._threshold = self._threshold, self._threshold_in_force()
+        if self._threshold != before and self.publisher:  # changed by another process: say so too
+            self.publisher.announce()
+        return self._threshold
 
     def set_threshold(self, value, by: str | None = None, note: str | None = None) -> float:
         value = check_threshold(value)
@@ -276,6 +278,8 @@ class Station:
                 )
             )
             self._threshold = value  # after the commit: what is in force is what is recorded
+        if self.publisher:  # the line controller sees the new threshold in the retained status
+            self.publisher.announce()
         return value
 
     def threshold_history(self) -> list[dict]:
@@ -770,9 +774,9 @@ class Station:
         }
 
     def _status(self) -> dict:
-        """What the station's "online" MQTT status says of it: the model in use."""
+        """What the station's "online" MQTT status says of it: the model in use and the threshold in force."""
         m = self.model
-        return {"model_id": m.id, "model_name": m.path.name, "pid": os.getpid()}
+        return {"model_id": m.id, "model_name": m.path.name, "threshold": self._threshold, "pid": os.getpid()}
 
     def reload_model(self) -> dict:
         """Load the file at --model again (a retrained model copied or linked into its place) and score the
