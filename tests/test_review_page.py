@@ -465,3 +465,37 @@ def test_live_view_warns_while_the_line_controller_is_not_told(
         page.screenshot(path=str(screenshots / "live-mqtt-down.png"), full_page=True, animations="disabled")
         page.close()
     assert not errors, errors
+
+
+def test_live_view_of_one_line_of_a_shared_database(trained_cli_model, browser, tmp_path, screenshots):
+    """Two lines record into one database: /?line=L1 shows, counts, polls, exports and sums today only L1's
+    parts, and its filters keep to L1."""
+    from rd2t.service.settings import StationSettings
+    from tests.test_service import running_server
+
+    errors: list = []
+    with running_server(StationSettings(trained_cli_model, images=tmp_path / "st", threads=1)) as client:
+
+        def send(seed: int, line: str) -> dict:
+            r = client.post("/v1/inspect", files={"file": ("p.png", png(seed))}, data={"line": line})
+            return r.json()
+
+        for seed, line in ((101, "L1"), (102, "L2"), (103, "L1"), (104, "L2"), (105, "L2")):
+            send(seed, line)
+        page = new_page(browser, errors)
+        page.goto(f"{client.base_url}/?line=L1")
+        sync_api.expect(page.locator("#scope")).to_contain_text("line L1")
+        sync_api.expect(page.locator(".card")).to_have_count(2)
+        sync_api.expect(page.locator("[data-count=all]")).to_have_text("2")
+        sync_api.expect(page.locator("#today")).to_contain_text("Today: 2 inspected")
+        assert "line=L1" in page.locator("#export-csv").get_attribute("href")
+        assert "line=L1" in page.locator("a[data-filter=defect]").get_attribute("href")
+        send(106, "L2")  # another line's part does not appear; this line's does, without a reload
+        send(107, "L1")
+        sync_api.expect(page.locator(".card")).to_have_count(3)
+        sync_api.expect(page.locator("[data-count=all]")).to_have_text("3")
+        page.screenshot(path=str(screenshots / "live-one-line.png"), full_page=True, animations="disabled")
+        page.goto(f"{client.base_url}/")
+        sync_api.expect(page.locator(".card")).to_have_count(7)
+        page.close()
+    assert not errors, errors

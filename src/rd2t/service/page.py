@@ -117,20 +117,28 @@ PAGE = [Depends(need_login)]
 
 
 @router.get("/", response_class=HTMLResponse, dependencies=PAGE)
-def live_view(request: Request, show: str = "all"):
+def live_view(request: Request, show: str = "all", line: str | None = None, station: str | None = None):
+    """The latest inspections; `line` / `station` narrow everything on the page (the cards, the counts,
+    today's line, the CSV) to one line or station of a database that several share."""
     st = station_of(request)
     show = show if show in FILTERS else "all"
+    scope = {k: v for k, v in (("line", line), ("station", station)) if v}
+
+    def href(key: str) -> str:
+        query = urlencode({**({"show": key} if key != "all" else {}), **scope})
+        return f"/?{query}" if query else "/"
+
     filters = [
         {
             "key": key,
             "label": label,
-            "href": "/" if key == "all" else f"/?show={key}",
-            "query": query_string(arguments),
-            "count": st.list(**arguments, limit=1)["total"],
+            "href": href(key),
+            "query": query_string({**arguments, **scope}),
+            "count": st.list(**arguments, **scope, limit=1)["total"],
         }
         for key, (label, arguments) in FILTERS.items()
     ]
-    arguments = FILTERS[show][1]
+    arguments = {**FILTERS[show][1], **scope}
     items = st.list(**arguments, limit=LIVE_LIMIT)["items"]
     return render(
         request,
@@ -139,6 +147,8 @@ def live_view(request: Request, show: str = "all"):
         items=items,
         filters=filters,
         active_filter=show,
+        scope=scope,
+        scope_query=query_string(scope),
         query=query_string(arguments),
         last_id=max((r["id"] for r in items), default=0),
         limit=LIVE_LIMIT,

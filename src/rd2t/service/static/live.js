@@ -61,7 +61,9 @@ async function refreshCounts() {
 async function refreshToday() {
   const now = new Date();
   const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
-  const query = `bucket=day&offset_minutes=${-now.getTimezoneOffset()}&since=${encodeURIComponent(midnight.toISOString())}`;
+  const scope = document.getElementById("today").dataset.scope; // line=…&station=… of the page, if any
+  const query = `bucket=day&offset_minutes=${-now.getTimezoneOffset()}&since=${encodeURIComponent(midnight.toISOString())}`
+    + (scope ? `&${scope}` : "");
   const t = (await api(`/v1/stats?${query}`)).total;
   const reviewed = [
     [t.false_alarm, "false alarm"], [t.confirmed_defect, "confirmed defect"], [t.missed_defect, "missed defect"],
