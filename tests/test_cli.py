@@ -177,6 +177,10 @@ def test_evaluate_writes_json_markdown_and_report(trained_cli, texture_set, tmp_
         ),
         (lambda d, c: ["serve", c, "--keep-images-days", "0"], "--keep-images-days 0: must be positive"),
         (lambda d, c: ["watch", d, c, "--min-free-gb", "-5"], "--min-free-gb -5: must be positive"),
+        (
+            lambda d, c: ["watch", d, c, "--overlay", "sometimes"],
+            "--overlay sometimes: expected eager or lazy",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_what_and_where(make_args, expected, trained_cli, tmp_path, capsys):

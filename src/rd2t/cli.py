@@ -481,6 +481,7 @@ def watch(
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
     backend: Annotated[str, BACKEND_OPTION] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads of the model.")] = None,
+    overlay: Annotated[str, typer.Option(help="lazy: drawn when first viewed; eager: per verdict.")] = "lazy",
     keep_images_days: Annotated[float | None, KEEP_DAYS_OPTION] = None,
     min_free_gb: Annotated[float | None, MIN_FREE_OPTION] = None,
 ) -> None:
@@ -489,7 +490,7 @@ def watch(
     from rd2t.service.watch import watch as run
 
     settings = StationSettings(
-        model, db=db, images=images, mqtt=mqtt, backend=backend, threads=threads,
+        model, db=db, images=images, mqtt=mqtt, backend=backend, threads=threads, overlay=overlay,
         keep_images_days=keep_images_days, min_free_gb=min_free_gb,
     )  # fmt: skip
     run(settings, in_dir, done_dir, interval)
