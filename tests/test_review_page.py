@@ -469,7 +469,8 @@ def test_live_view_warns_while_the_line_controller_is_not_told(
 
 def test_live_view_of_one_line_of_a_shared_database(trained_cli_model, browser, tmp_path, screenshots):
     """Two lines record into one database: /?line=L1 shows, counts, polls, exports and sums today only L1's
-    parts, and its filters keep to L1."""
+    parts, its filters keep to L1, and so do an inspection opened from it ("Next unreviewed", the way
+    back)."""
     from rd2t.service.settings import StationSettings
     from tests.test_service import running_server
 
@@ -495,7 +496,16 @@ def test_live_view_of_one_line_of_a_shared_database(trained_cli_model, browser, 
         sync_api.expect(page.locator(".card")).to_have_count(3)
         sync_api.expect(page.locator("[data-count=all]")).to_have_text("3")
         page.screenshot(path=str(screenshots / "live-one-line.png"), full_page=True, animations="disabled")
+        assert page.locator(".card[data-id='7']").get_attribute("href") == "/inspections/7?line=L1"  # live
+        send(108, "L2")  # the newest unreviewed part overall is now another line's
+        page.click(".card[data-id='3']")
+        sync_api.expect(page).to_have_url(f"{client.base_url}/inspections/3?line=L1")
+        assert page.locator("#next-unreviewed").get_attribute("href") == "/inspections/7?line=L1"
+        sync_api.expect(page.locator("#next-unreviewed")).to_contain_text("Next unreviewed of L1")
+        assert page.locator("#back-live").get_attribute("href") == "/?line=L1"
+        page.goto(f"{client.base_url}/inspections/3")  # opened from the whole view: the newest of any line
+        assert page.locator("#next-unreviewed").get_attribute("href") == "/inspections/8"
         page.goto(f"{client.base_url}/")
-        sync_api.expect(page.locator(".card")).to_have_count(7)
+        sync_api.expect(page.locator(".card")).to_have_count(8)
         page.close()
     assert not errors, errors

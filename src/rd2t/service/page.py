@@ -156,8 +156,13 @@ def live_view(request: Request, show: str = "all", line: str | None = None, stat
 
 
 @router.get("/inspections/{inspection_id}", response_class=HTMLResponse, dependencies=PAGE)
-def inspection_view(request: Request, inspection_id: int):
+def inspection_view(
+    request: Request, inspection_id: int, line: str | None = None, station: str | None = None
+):
+    """One inspection; opened from the live view of one line (or station), "Next unreviewed" and the way
+    back keep to it."""
     st = station_of(request)
+    scope = {k: v for k, v in (("line", line), ("station", station)) if v}
     record = st.get(inspection_id)
     if record is None:
         text = f"There is no inspection {inspection_id} in this station's database."
@@ -166,7 +171,7 @@ def inspection_view(request: Request, inspection_id: int):
         return response
     # The newest other inspection nobody has reviewed yet and whose images are still there: where a
     # reviewer goes next.
-    unreviewed = st.list(reviewed=False, images_removed=False, limit=2)["items"]
+    unreviewed = st.list(reviewed=False, images_removed=False, **scope, limit=2)["items"]
     next_unreviewed = next((r["id"] for r in unreviewed if r["id"] != inspection_id), None)
     buttons = [
         {"state": state, "label": label, "key": key, "tone": tone}
@@ -180,6 +185,8 @@ def inspection_view(request: Request, inspection_id: int):
         review_buttons=buttons,
         next_unreviewed=next_unreviewed,
         view_px=VIEW_PX,
+        scope=scope,
+        scope_query=query_string(scope),
     )
 
 

@@ -18,7 +18,8 @@ function element(tag, className, text) {
 // The same card as templates/_card.html.
 function card(r) {
   const a = element("a", `card ${r.decision} new`);
-  a.href = `/inspections/${r.id}`;
+  const scope = document.getElementById("today").dataset.scope; // the page's line/station, if any
+  a.href = `/inspections/${r.id}${scope ? `?${scope}` : ""}`;
   a.dataset.id = r.id;
   const img = element("img");
   Object.assign(img, { src: r.links.thumb, alt: `inspection ${r.id}`, width: 170, height: 170 });
