@@ -301,6 +301,7 @@ def test_review_path(station, browser, screenshots):
     caught = sum(v > station.get("/v1/threshold").json()["calibrated"] for v in labelled)
     sync_api.expect(page.locator("#labelled-defects")).to_contain_text(f"{caught} of 6 above the calibrated")
     sync_api.expect(page.locator("#storage")).to_contain_text("keeps every image")  # no policy set
+    sync_api.expect(page.locator("#line-controller")).to_contain_text("start with --mqtt")  # none set
     with page.expect_download() as download:
         page.click("#export")
     with zipfile.ZipFile(download.value.path()) as zf:
@@ -450,7 +451,7 @@ def test_live_view_warns_while_the_line_controller_is_not_told(
     from rd2t.service.settings import StationSettings
     from tests.test_service import running_server
 
-    away = f"mqtt://127.0.0.1:{free_port()}/line/verdicts"  # nothing listens there
+    away = f"mqtt://plc:s3cret@127.0.0.1:{free_port()}/line/verdicts"  # nothing listens there
     errors: list = []
     with running_server(
         StationSettings(trained_cli_model, images=tmp_path / "st", threads=1, mqtt=away)
@@ -463,6 +464,11 @@ def test_live_view_warns_while_the_line_controller_is_not_told(
         sync_api.expect(page.locator("#mqtt-down")).to_contain_text("the line controller is not being told")
         sync_api.expect(page.locator(".card")).to_have_count(1)
         page.screenshot(path=str(screenshots / "live-mqtt-down.png"), full_page=True, animations="disabled")
+        page.goto(f"{client.base_url}/model")  # where the operator checks the wiring
+        panel = page.locator("#line-controller")
+        sync_api.expect(panel).to_contain_text("not connected: verdicts wait in a queue")
+        sync_api.expect(panel).to_contain_text("line/verdicts/status")
+        assert "s3cret" not in page.content()  # the broker's password is never shown
         page.close()
     assert not errors, errors
 

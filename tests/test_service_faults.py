@@ -242,6 +242,7 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                     time.sleep(0.1)
                 assert client.get("/readyz").status_code == 200
                 assert "rd2t_mqtt_connected 0.0" in client.get("/metrics").text.splitlines()
+                assert "not connected: verdicts wait in a queue" in client.get("/model").text
 
                 mosquitto = broker()
                 assert sub.subscribed.wait(15), "subscriber did not come back"
@@ -250,6 +251,8 @@ def test_broker_down_and_back(trained_cli_model, tmp_path):
                     time.sleep(0.1)
                 assert publisher.connected, "the station did not reconnect to the broker"
                 assert client.get("/readyz").json()["mqtt"] is True
+                model_page = client.get("/model").text
+                assert f"127.0.0.1:{port}" in model_page and "not connected" not in model_page
                 assert "rd2t_mqtt_connected 1.0" in client.get("/metrics").text.splitlines()
                 after = client.post("/v1/inspect", files={"file": ("c.png", data[2])}).json()
                 assert sub.wait_for(after["id"])["decision"] == after["decision"]

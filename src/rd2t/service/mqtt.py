@@ -50,6 +50,7 @@ class Publisher:
     def __init__(self, url: str, client_id: str = "", online: Callable[[], dict] | None = None):
         """`online`: what the station says of itself in its "online" status (the model in use)."""
         host, port, self.topic, user, password = mqtt_target(url)
+        self.broker = f"{host}:{port}"  # shown on the Model page: never the credentials
         self.status_topic = f"{self.topic}/status"
         self.online = online or dict
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)

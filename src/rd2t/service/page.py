@@ -201,7 +201,14 @@ def threshold_view(request: Request):
 @router.get("/model", response_class=HTMLResponse, dependencies=PAGE)
 def model_view(request: Request):
     st = station_of(request)
-    return render(request, "model.html", "model", m=st.model_description(), storage=st.retention())
+    return render(
+        request,
+        "model.html",
+        "model",
+        m=st.model_description(),
+        storage=st.retention(),
+        mqtt=st.line_controller(),
+    )
 
 
 def safe_next(target: str | None) -> str:

@@ -817,6 +817,18 @@ class Station:
             )
         return {"changed": True, "previous": old.id, "model": self.model_description()}
 
+    def line_controller(self) -> dict | None:
+        """The MQTT side as the Model page shows it (no credentials); None without --mqtt."""
+        p = self.publisher
+        if p is None:
+            return None
+        return {
+            "broker": p.broker,
+            "topic": p.topic,
+            "status_topic": p.status_topic,
+            "connected": p.connected,
+        }
+
     def ready(self) -> dict:
         """Model loaded; database answers and takes a write (rolled back); images folder writable."""
         ok_db = ok_files = True
