@@ -89,13 +89,16 @@ class Publisher:
             log.warning("mqtt: could not queue the status (%s)", e)
 
     def close(self) -> None:
-        """Say "offline" (retained; waits up to 2 s for the broker), then disconnect: a clean stop."""
+        """Say "offline" (retained; waits up to 2 s for the broker), then disconnect: a clean stop. With the
+        broker away there is nobody to tell now, so no wait (a broker that lost the connection publishes the
+        Last Will instead)."""
         try:
-            info = self.client.publish(
-                self.status_topic, status("offline", reason="stopped"), qos=1, retain=True
-            )
-            info.wait_for_publish(timeout=2)
-        except Exception as e:  # the broker is away: its Last Will says offline when it notices
+            if self.client.is_connected():
+                offline = status("offline", reason="stopped")
+                self.client.publish(self.status_topic, offline, qos=1, retain=True).wait_for_publish(
+                    timeout=2
+                )
+        except Exception as e:  # the broker went away meanwhile: its Last Will says offline
             log.warning("mqtt: could not say offline (%s)", e)
         self.client.disconnect()
         self.client.loop_stop()
