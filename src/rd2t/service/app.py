@@ -112,12 +112,8 @@ def create_app(settings: StationSettings | None = None, station: Station | None 
     @app.get("/readyz", tags=["health"])
     def readyz():
         state = station.ready()
-        needed = (
-            state["model"],
-            state["database"],
-            state["images"],
-        )  # not MQTT: inspections go on without it
-        return JSONResponse(state, 200 if all(needed) else 503)
+        ready = all(state[k] for k in ("model", "database", "images"))  # not MQTT: inspections go on
+        return JSONResponse(state, 200 if ready else 503)
 
     @app.get("/metrics", tags=["health"])
     def metrics():

@@ -116,13 +116,18 @@ def query_string(arguments: dict) -> str:
 PAGE = [Depends(need_login)]
 
 
+def scope_of(line: str | None, station: str | None) -> dict:
+    """The line and station a page is narrowed to (live view, and an inspection opened from it)."""
+    return {k: v for k, v in (("line", line), ("station", station)) if v}
+
+
 @router.get("/", response_class=HTMLResponse, dependencies=PAGE)
 def live_view(request: Request, show: str = "all", line: str | None = None, station: str | None = None):
     """The latest inspections; `line` / `station` narrow everything on the page (the cards, the counts,
     today's line, the CSV) to one line or station of a database that several share."""
     st = station_of(request)
     show = show if show in FILTERS else "all"
-    scope = {k: v for k, v in (("line", line), ("station", station)) if v}
+    scope = scope_of(line, station)
 
     def href(key: str) -> str:
         query = urlencode({**({"show": key} if key != "all" else {}), **scope})
@@ -162,7 +167,7 @@ def inspection_view(
     """One inspection; opened from the live view of one line (or station), "Next unreviewed" and the way
     back keep to it."""
     st = station_of(request)
-    scope = {k: v for k, v in (("line", line), ("station", station)) if v}
+    scope = scope_of(line, station)
     record = st.get(inspection_id)
     if record is None:
         text = f"There is no inspection {inspection_id} in this station's database."

@@ -54,6 +54,12 @@ class QueueFull(RD2TError):
     """Every worker busy and the waiting room full (HTTP 503 + Retry-After)."""
 
 
+def _shrunk(image: Image.Image) -> Image.Image:
+    """The image at most VIEW_PX on its longest side (in place; returned for chaining)."""
+    image.thumbnail((VIEW_PX, VIEW_PX), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
 def open_image(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
     """Decoded RGB image and its Pillow format. The pixel count is checked from the header, before any
     pixel is decoded, so a decompression bomb costs nothing. Errors are one line naming `name`."""
@@ -136,9 +142,16 @@ class LoadedModel:
         return self.sha256[:12]
 
     @classmethod
-    def open(cls, settings: StationSettings, warm_up: bool = False) -> LoadedModel:
-        path = settings.model.resolve()
-        sha256 = file_sha256(path)
+    def open(
+        cls,
+        settings: StationSettings,
+        warm_up: bool = False,
+        path: Path | None = None,
+        sha256: str | None = None,
+    ) -> LoadedModel:
+        """The model at --model, or at `path` (--model resolved) whose `sha256` the caller has read."""
+        path = path or settings.model.resolve()
+        sha256 = sha256 or file_sha256(path)
         predictor = Predictor.open(path, backend=settings.backend, threads=settings.threads)
         if warm_up:  # the first call of a backend is slow: pay it here, not on the line's next part
             size = predictor.config.image_size
@@ -458,18 +471,26 @@ class Station:
             )
         return dict(r) if r else None
 
+    def _stored_map(self, row: dict) -> tuple[np.ndarray, tuple[float, float]] | None:
+        """The anomaly map `--overlay lazy` stored for a row and its own model's colour scale, if both are
+        there (eager rows have no map; maps of a model never recorded in models/ have no scale)."""
+        map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
+        colours = self._colour_range_of(row["model_id"])
+        return (np.load(map_file), colours) if map_file.is_file() and colours is not None else None
+
+    def _original(self, row: dict) -> Image.Image:
+        return open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)[0]
+
     def overlay_file(self, row: dict):
         """The overlay PNG of a row; with `--overlay lazy` drawn from the stored map on first use."""
         path = self.storage.path(row["overlay_path"])
         if path.is_file():
             return path
-        map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
-        colours = self._colour_range_of(row["model_id"])  # the map's own model's scale
-        if not map_file.is_file() or colours is None:
-            raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
         with self.storage.writing():  # not while the retention policy removes this row's files
-            image, _ = open_image(self.storage.path(row["image_path"]).read_bytes(), row["image_path"], 2**62)
-            heat = overlay(image, np.load(map_file), *colours)
+            stored = self._stored_map(row)
+            if stored is None:
+                raise InputError(f"inspection {row['id']}: no overlay, and none can be drawn by this model")
+            heat = overlay(self._original(row), stored[0], *stored[1])
             self.storage.put(row["overlay_path"], lambda f: heat.save(f, "PNG", compress_level=1))
         return path
 
@@ -482,18 +503,15 @@ class Station:
         if path.is_file():
             return path
         with self.storage.writing():  # not while the retention policy removes this row's files
-            original = self.storage.path(row["image_path"])
-            image, _ = open_image(original.read_bytes(), row["image_path"], 2**62)
-            image.thumbnail((VIEW_PX, VIEW_PX), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            if which == "overlay":
-                map_file = self.storage.path(self.storage.map_name(row["overlay_path"]))
-                colours = self._colour_range_of(row["model_id"])
-                if map_file.is_file() and colours is not None:  # drawn at the view's size: no full-size step
-                    image = overlay(image, np.load(map_file), *colours)
-                else:  # eager: the full-resolution overlay exists; shrink it
-                    image = Image.open(self.overlay_file(row)).convert("RGB")
-                    image.thumbnail((VIEW_PX, VIEW_PX), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            self.storage.put(name, lambda f: image.save(f, "JPEG", quality=90))
+            stored = self._stored_map(row) if which == "overlay" else None
+            if which == "overlay" and stored is None:  # eager: the full-resolution overlay, shrunk
+                with Image.open(self.overlay_file(row)) as full:
+                    view = _shrunk(full.convert("RGB"))
+            else:
+                view = _shrunk(self._original(row))
+                if stored is not None:  # drawn at the view's size: no full-size step
+                    view = overlay(view, stored[0], *stored[1])
+            self.storage.put(name, lambda f: view.save(f, "JPEG", quality=90))
         return path
 
     def _record_model(self, m: LoadedModel) -> None:
@@ -786,15 +804,17 @@ class Station:
         raises a one-line error and the model in use stays. Returns {"changed", "previous", "model"}."""
         with self._reload_lock:
             old = self.model
+            path = self.settings.model.resolve()
             try:
-                unchanged = file_sha256(self.settings.model.resolve()) == old.sha256
+                sha256 = file_sha256(path)
             except OSError as e:
                 raise ConfigError(
                     f"{self.settings.model}: cannot read the model ({e.strerror or e})"
                 ) from None
-            if unchanged:
+            if sha256 == old.sha256:
                 return {"changed": False, "previous": old.id, "model": self.model_description()}
-            new = LoadedModel.open(self.settings, warm_up=True)  # seconds: the old model scores meanwhile
+            # seconds: the old model scores meanwhile
+            new = LoadedModel.open(self.settings, warm_up=True, path=path, sha256=sha256)
             threshold = self._threshold_in_force(new)
             self.stop_rescoring()
             self._record_model(new)
