@@ -26,7 +26,7 @@ from starlette.datastructures import UploadFile
 
 from rd2t.calibration import youden
 from rd2t.errors import ConfigError, InputError, RD2TError
-from rd2t.service import db
+from rd2t.service import db, drift
 from rd2t.service.station import EXPORT_COLUMNS, QueueFull, Station, TooLarge
 
 RETRY_AFTER_S = 1
@@ -459,6 +459,19 @@ def reload_model(request: Request):
 )
 def get_storage(request: Request):
     return station_of(request).retention()
+
+
+@api.get(
+    "/drift",
+    summary="Score level of the last parts against the model's good images: has the line moved?",
+)
+def get_drift(
+    request: Request,
+    last: int = Query(drift.WINDOW, ge=drift.MIN_PARTS, le=10_000, description="How many recent parts"),
+    line: str | None = None,
+    station: str | None = None,
+):
+    return station_of(request).score_drift(last, line=line, station=station)
 
 
 def _originals_zip(st: Station, states: tuple[str, ...], name: str, folder: str = "") -> StreamingResponse:

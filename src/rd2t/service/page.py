@@ -213,6 +213,7 @@ def model_view(request: Request):
         m=st.model_description(),
         storage=st.retention(),
         mqtt=st.line_controller(),
+        drift=st.score_drift(),
     )
 
 

@@ -28,7 +28,7 @@ from rd2t.errors import ConfigError, InputError, RD2TError
 from rd2t.files import check_writable, file_sha256
 from rd2t.inference.predictor import Predictor, check_threshold
 from rd2t.report.heatmap import overlay
-from rd2t.service import db
+from rd2t.service import db, drift
 from rd2t.service.settings import StationSettings
 from rd2t.service.storage import FORMATS, Storage
 
@@ -118,6 +118,12 @@ class Metrics:
         self.images_free = Gauge(
             "rd2t_images_free_bytes", "Free space on the images folder's disk", registry=self.registry
         )
+        self.score_level = Gauge(
+            "rd2t_score_level_percentile",
+            "Where the median score of the last parts falls among the model's held-out good images' "
+            "(50: as when trained; NaN: too few to say)",
+            registry=self.registry,
+        )
         self.images_removed = Counter(
             "rd2t_images_removed",
             "Inspections whose image files the retention policy removed",
@@ -188,6 +194,7 @@ class Station:
         self.metrics = Metrics()
         self.metrics.images_free.set_function(lambda: shutil.disk_usage(self.storage.root).free)
         self.metrics.model.labels(self.model.id, self.model.path.name).set(1)
+        self.metrics.score_level.set_function(self._score_level_percentile)
         self.listeners: list[Callable[[dict], None]] = []  # called with each committed record
         self.publisher = None
         if settings.mqtt:
@@ -934,6 +941,42 @@ class Station:
             "inspections": counts[0],
             "images_removed": counts[1],
             "last_run": {**last, "at": db.iso(last["at"])} if last["at"] else None,
+        }
+
+    def _score_level_percentile(self) -> float:
+        try:  # a query of the last drift.WINDOW rows per scrape; /metrics answers while the database is away
+            p = self.score_drift()["percentile"]
+        except sa.exc.SQLAlchemyError:
+            p = None
+        return float("nan") if p is None else p
+
+    def score_drift(self, last: int = drift.WINDOW, **filters) -> dict:
+        """The score level of the last `last` parts this model judged (the filters of `list` apply; those
+        reviewed as defects left out) against its held-out good images (drift.score_level), with the
+        window's first and last time."""
+        with self._model_lock:  # one model: its scores, its reference and its threshold
+            m, threshold = self.model, self._threshold
+        t = db.inspections
+        query = (
+            sa.select(t.c.score, t.c.time)
+            .where(self.on_this_scale(t, m), t.c.review_state.not_in(db.REVIEWED_DEFECT))
+            .where(*self._filters(**filters))
+            .order_by(t.c.id.desc())
+            .limit(last)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        cal = m.predictor.calibration
+        level = drift.score_level([r.score for r in rows], cal.scores if cal else [], threshold)
+        times = [r.time for r in rows]
+        return {
+            **level,
+            "window": last,
+            "min_parts": drift.MIN_PARTS,
+            "min_reference": drift.MIN_REFERENCE,
+            "since": db.iso(min(times)) if times else None,
+            "until": db.iso(max(times)) if times else None,
+            "model_id": m.id,
         }
 
     def free_gb(self) -> float:

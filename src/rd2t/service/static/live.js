@@ -80,6 +80,26 @@ async function refreshHealth() {
   document.getElementById("mqtt-down").hidden = health.mqtt !== false;
 }
 
+// The score level of the last parts against the model's held-out good images (/v1/drift, this page's
+// line/station): a warning while it has moved, since the threshold then means something else.
+async function refreshDrift() {
+  const scope = document.getElementById("today").dataset.scope;
+  const d = await api(`/v1/drift${scope ? `?${scope}` : ""}`);
+  const box = document.getElementById("drift-warning");
+  box.hidden = d.state !== "higher" && d.state !== "lower";
+  if (box.hidden) return;
+  const pct = Math.round(d.percentile);
+  const where = pct >= 100 ? "above all of them" : pct <= 0 ? "below all of them"
+    : d.state === "higher" ? `above ${pct} % of them` : `above only ${pct} % of them`;
+  box.querySelector(".text").textContent = d.state === "higher"
+    ? `Parts score higher than the good images this model was calibrated on: the median of the last `
+      + `${d.parts} lies ${where}. Lighting, the camera or the product may have changed, and false alarms `
+      + `follow. Look at a few recent parts; if the change is there to stay, retrain with them.`
+    : `Parts score lower than the good images this model was calibrated on: the median of the last `
+      + `${d.parts} lies ${where}. A dark, blurred or empty image can score low, and defects then pass: `
+      + `check that the camera sees the part.`;
+}
+
 async function poll() {
   try {
     const query = grid.dataset.query;
@@ -94,7 +114,7 @@ async function poll() {
     }
     // Reviews made elsewhere change the counts too: refresh them now and then.
     if (page.items.length || ++polls % 10 === 0) {
-      await Promise.all([refreshCounts(), refreshToday(), refreshHealth()]);
+      await Promise.all([refreshCounts(), refreshToday(), refreshHealth(), refreshDrift()]);
     }
     setStatus(true);
   } catch (e) {
@@ -105,4 +125,5 @@ async function poll() {
 
 refreshToday().catch(() => setStatus(false));
 refreshHealth().catch(() => setStatus(false));
+refreshDrift().catch(() => setStatus(false));
 setTimeout(poll, POLL_MS);
