@@ -19,13 +19,18 @@ import time
 
 import torch
 import torch.nn.functional as F
-from input_scale import held_out, parse_args, report  # benchmarks/ is on the path
-from teacher_terms import BANK_SHARE, SIGMA, SIZE, TEACHERS, teacher_features, training_and_test
+from input_scale import (  # benchmarks/ is on the path
+    held_out,
+    lite2_features,
+    over_held_out_peak,
+    parse_args,
+    report,
+)
+from teacher_terms import BANK_SHARE, SIGMA, SIZE, training_and_test
 
 from rd2t.model import memory_bank
 from rd2t.model.memory_bank import MemoryBank, greedy_coreset, patch_embedding
 from rd2t.model.network import GaussianBlur
-from rd2t.model.teachers import Teacher
 
 
 def embeddings(feats: list[torch.Tensor], batch: int = 64) -> torch.Tensor:
@@ -59,9 +64,7 @@ def scaled_map(bank: MemoryBank, feats: list[torch.Tensor], n_held: int) -> tupl
         e = patch_embedding([f[i : i + 16] for f in feats], 8, 3)
         d = F.interpolate(bank.distance(e), size=(SIZE, SIZE), mode="bilinear")
         maps.append(blur(d)[:, 0])
-    maps = torch.cat(maps)
-    peak = float(maps[:n_held].flatten(1).amax(1).mean())
-    return maps[n_held:] / peak, peak
+    return over_held_out_peak(torch.cat(maps), n_held)
 
 
 def main() -> None:
@@ -69,9 +72,8 @@ def main() -> None:
     t0 = time.time()
     _, images, test, test_images, masks = training_and_test(a.root, a.category)
     held = held_out(len(images))
-    teacher = Teacher(TEACHERS[0])
-    patches = embeddings(teacher_features(teacher, images[~held]))
-    scored = teacher_features(teacher, torch.cat([images[held], test_images]))
+    bank_feats, scored = lite2_features(images, held, test_images)
+    patches = embeddings(bank_feats)
     print(f"{len(patches)} training patches ({time.time() - t0:.0f} s)", flush=True)
     maps, peaks = {}, {}
     for name, candidates, draw in (("100k", 100_000, 0), ("100k-draw1", 100_000, 1), ("all", None, 0)):

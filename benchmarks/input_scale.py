@@ -45,10 +45,23 @@ def scaled_knn(teacher: Teacher, images: torch.Tensor, held: torch.Tensor, test_
     `held` out; the test images' maps (at SIZE) divided by the held-out images' mean per-image maximum."""
     bank_feats = teacher_features(teacher, resized(images[~held], size))
     scored = teacher_features(teacher, resized(torch.cat([images[held], test_images]), size))
-    maps = knn_maps(bank_feats, scored, 3)  # upsampled to SIZE inside
-    n_held = int(held.sum())
+    return over_held_out_peak(knn_maps(bank_feats, scored, 3), int(held.sum()))  # upsampled to SIZE inside
+
+
+def over_held_out_peak(maps: torch.Tensor, n_held: int) -> tuple[torch.Tensor, float]:
+    """Maps of the held-out images first, then the test images' -> the test maps divided by the held-out
+    images' mean per-image maximum (the model's `bank_scale = max`), and that divisor."""
     peak = float(maps[:n_held].flatten(1).amax(1).mean())
     return maps[n_held:] / peak, peak
+
+
+def lite2_features(images: torch.Tensor, held: torch.Tensor, test_images: torch.Tensor) -> tuple[list, list]:
+    """The frozen Lite2 teacher's features of the bank images (those not `held`) and of the scored ones
+    (the held-out images first, then the test images), as rounds 22-23 use them."""
+    teacher = Teacher(TEACHERS[0])
+    return teacher_features(teacher, images[~held]), teacher_features(
+        teacher, torch.cat([images[held], test_images])
+    )
 
 
 def table_of(test: list, masks: list, maps: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

@@ -23,12 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 from coreset_candidates import embeddings, fitted_bank, scaled_map  # benchmarks/ is on the path
-from input_scale import held_out, parse_args, report
-from teacher_terms import SIGMA, SIZE, TEACHERS, teacher_features, training_and_test
+from input_scale import held_out, lite2_features, over_held_out_peak, parse_args, report
+from teacher_terms import SIGMA, SIZE, training_and_test
 
 from rd2t.model.memory_bank import patch_embedding
 from rd2t.model.network import GaussianBlur
-from rd2t.model.teachers import Teacher
 
 NEIGHBOURS = (10, 50)
 
@@ -54,9 +53,7 @@ def retrieval_maps(
         rows = (nearest[i, :, None] * per_image + torch.arange(per_image)).flatten()
         d = torch.cdist(q, bank_patches[rows]).amin(1).view(1, 1, h, w)
         maps.append(blur(F.interpolate(d, size=(SIZE, SIZE), mode="bilinear"))[:, 0])
-    maps = torch.cat(maps)
-    peak = float(maps[:n_held].flatten(1).amax(1).mean())
-    return maps[n_held:] / peak, peak
+    return over_held_out_peak(torch.cat(maps), n_held)
 
 
 def main() -> None:
@@ -65,9 +62,7 @@ def main() -> None:
     _, images, test, test_images, masks = training_and_test(a.root, a.category)
     held = held_out(len(images))
     n_held = int(held.sum())
-    teacher = Teacher(TEACHERS[0])
-    bank_feats = teacher_features(teacher, images[~held])
-    scored = teacher_features(teacher, torch.cat([images[held], test_images]))
+    bank_feats, scored = lite2_features(images, held, test_images)
     maps, peaks = {}, {}
     bank = fitted_bank(embeddings(bank_feats), 100_000, 0)  # as MemoryBank.fit
     maps["coreset"], peaks["coreset"] = scaled_map(bank, scored, n_held)
