@@ -10,7 +10,8 @@ when the line changes? On a trained model and a real set's test images, through 
 
 For each: the parts, their median score, its percentile among the model's held-out good scores, the
 warning the station would give, and the share above the stored threshold (for good images: the false
-alarms the change causes).
+alarms the change causes); also the percentiles of the scores' 75th and 90th percentiles (the alternatives
+of docs/measured/drift/rule_written_before.txt) and the scores themselves.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/drift.py runs/bottle/model.pt ../shared/data/mvtec_ad \
         --category bottle --json docs/measured/drift/bottle.json
@@ -38,6 +39,7 @@ def knocked(im: Image.Image) -> Image.Image:
     return r.crop((dx, dy, w - dx, h - dy)).resize((w, h), Image.Resampling.BILINEAR)
 
 
+QUANTILES = (50, 75, 90)  # of the recent scores, each placed among the held-out good scores
 CHANGES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "as trained": lambda im: im,
     "light 80 %": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
@@ -72,16 +74,21 @@ def main() -> None:
         s = score(paths, change)
         pct = percentile_among(float(np.median(s)), reference)
         state = "higher" if pct >= HIGH else "lower" if pct <= LOW else "ok"
+        # the percentile of each quantile of the scores among the held-out ones (q50 is the station's)
+        quantiles = {f"q{q}": percentile_among(float(np.quantile(s, q / 100)), reference) for q in QUANTILES}
         rows[name] = {
             "parts": len(s),
             "median": float(np.median(s)),
             "percentile": pct,
             "warning": state,
             "above_threshold": float(np.mean(s > threshold)),
+            "quantile_percentiles": quantiles,
+            "scores": s.tolist(),
         }
         print(f"{name:16s} {len(s):4d} parts  median {np.median(s):.4g}  percentile {pct:5.1f}  {state:6s}  "
-              f"above threshold {100 * rows[name]['above_threshold']:5.1f} %  ({time.time() - t0:.0f} s)",
-              flush=True)  # fmt: skip
+              f"above threshold {100 * rows[name]['above_threshold']:5.1f} %  "
+              + "  ".join(f"{k} {v:5.1f}" for k, v in quantiles.items())
+              + f"  ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
     med = np.median(reference)
     print(f"{len(reference)} held-out good images, median {med:.4g}, threshold {threshold:.4g}")
     if a.json:
