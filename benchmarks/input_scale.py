@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,12 +83,17 @@ def held_out(n: int) -> torch.Tensor:
     return held
 
 
-def parse_args(doc: str) -> argparse.Namespace:
-    """The teacher-only diagnostics' command line (rounds 20-21): a set, and where to write the table."""
+def parse_args(
+    doc: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """The teacher-only diagnostics' command line (rounds 20-24): a set, where to write the table, and
+    what `extra` adds."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root")
     ap.add_argument("--category", default=".")
     ap.add_argument("--json", help="write the table here")
+    if extra:
+        extra(ap)
     return ap.parse_args()
 
 

@@ -10,7 +10,9 @@ teacher only (nothing trained), rounds 20-22's protocol: bank images are 90 % of
 - `nearest-K` (K = 10, 50): each scored image's K nearest bank images by a global descriptor (the mean of
   Lite2's stride-16 features, Euclidean), and every patch of those K images as its bank; the same patch
   features, distance, upsampling and blur.
-Pixel AUROC at 256 px per defect type and image AUROC of each map's maximum.
+Pixel AUROC at 256 px per defect type and image AUROC of each map's maximum. Round 24 (its rule:
+docs/measured/round24/rule_written_before.txt): `--per-image-share 0.1` keeps only a greedy k-center 10 % of
+each bank image's patches, the compact form a model could store.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/retrieval_bank.py ../shared/data/magnetic_tile \
         --json docs/measured/round23/retrieval_bank_mt.json
@@ -26,7 +28,7 @@ from coreset_candidates import embeddings, fitted_bank, scaled_map  # benchmarks
 from input_scale import held_out, lite2_features, over_held_out_peak, parse_args, report
 from teacher_terms import SIGMA, SIZE, training_and_test
 
-from rd2t.model.memory_bank import patch_embedding
+from rd2t.model.memory_bank import greedy_coreset, patch_embedding
 from rd2t.model.network import GaussianBlur
 
 NEIGHBOURS = (10, 50)
@@ -37,12 +39,22 @@ def descriptors(feats: list[torch.Tensor]) -> torch.Tensor:
     return feats[2].float().mean((2, 3))
 
 
+def per_image_coresets(patches: torch.Tensor, n_images: int, share: float) -> torch.Tensor:
+    """(N_bank * P, C) image-major -> (N_bank * p, C): `share` of each image's patches, greedy k-center
+    within the image (a compact form a model could store)."""
+    per_image = patches.shape[0] // n_images
+    keep = max(1, round(share * per_image))
+    return torch.cat([x[greedy_coreset(x, keep, 0)] for x in patches.view(n_images, per_image, -1)])
+
+
 def retrieval_maps(
-    bank_feats: list[torch.Tensor], scored: list[torch.Tensor], k: int, n_held: int
+    bank_feats: list[torch.Tensor], scored: list[torch.Tensor], k: int, n_held: int, share: float = 1.0
 ) -> tuple[torch.Tensor, float]:
-    """The blurred map of each scored image against every patch of its k nearest bank images, divided by
-    the held-out images' mean maximum."""
+    """The blurred map of each scored image against the patches of its k nearest bank images (every patch,
+    or `share` of each image's), divided by the held-out images' mean maximum."""
     bank_patches = embeddings(bank_feats)  # (N_bank * P, C), image-major
+    if share < 1:
+        bank_patches = per_image_coresets(bank_patches, len(bank_feats[0]), share)
     per_image = bank_patches.shape[0] // len(bank_feats[0])
     nearest = torch.cdist(descriptors(scored), descriptors(bank_feats)).topk(k, largest=False).indices
     blur, maps = GaussianBlur(SIGMA), []
@@ -57,7 +69,7 @@ def retrieval_maps(
 
 
 def main() -> None:
-    a = parse_args(__doc__)
+    a = parse_args(__doc__, lambda ap: ap.add_argument("--per-image-share", type=float, default=1.0))
     t0 = time.time()
     _, images, test, test_images, masks = training_and_test(a.root, a.category)
     held = held_out(len(images))
@@ -69,8 +81,8 @@ def main() -> None:
     print(f"coreset: held-out peak {peaks['coreset']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     for k in NEIGHBOURS:
         k_eff = min(k, len(bank_feats[0]))
-        name = f"nearest-{k}"
-        maps[name], peaks[name] = retrieval_maps(bank_feats, scored, k_eff, n_held)
+        name = f"nearest-{k}" + (f" ({a.per_image_share:.0%})" if a.per_image_share < 1 else "")
+        maps[name], peaks[name] = retrieval_maps(bank_feats, scored, k_eff, n_held, a.per_image_share)
         print(f"{name}: held-out peak {peaks[name]:.3f} ({time.time() - t0:.0f} s)", flush=True)
     report(a, test, masks, held, maps, peaks, t0)
 
