@@ -63,8 +63,8 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     picks = torch.empty(n, dtype=torch.long)
     picks[0] = first
     dist = sq - 2 * x @ x[first] + sq[first]  # squared distances as one matrix-vector product
-    # One buffer for every pick, updated in place: fresh candidate-sized temporaries per pick cost 3.5x the
-    # time (mostly page faults; 27 against 8 ms per pick on 100,000 candidates here), same picks.
+    # One buffer for every pick, updated in place: fresh candidate-sized temporaries per pick cost 3x the
+    # time (mostly page faults; benchmarks/coreset_speed.py, docs/performance.md), same picks.
     step = torch.empty_like(dist)
     for i in range(1, n):
         j = int(dist.argmax())
