@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from rd2t.data import load_image, mvtec
 from rd2t.inference.predictor import Predictor
-from rd2t.service.drift import HIGH, LOW, percentile_among
+from rd2t.service.drift import level_state, percentile_among
 
 
 def knocked(im: Image.Image) -> Image.Image:
@@ -72,10 +72,10 @@ def main() -> None:
     runs.insert(1, ("all test images", [s.path for s in test], CHANGES["as trained"]))
     for name, paths, change in runs:
         s = score(paths, change)
-        pct = percentile_among(float(np.median(s)), reference)
-        state = "higher" if pct >= HIGH else "lower" if pct <= LOW else "ok"
         # the percentile of each quantile of the scores among the held-out ones (q50 is the station's)
         quantiles = {f"q{q}": percentile_among(float(np.quantile(s, q / 100)), reference) for q in QUANTILES}
+        pct = quantiles["q50"]
+        state = level_state(pct)  # the station's rule, without its 30-part minimum (bottle has 20 good)
         rows[name] = {
             "parts": len(s),
             "median": float(np.median(s)),

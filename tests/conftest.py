@@ -39,6 +39,14 @@ def _backend_choice_cache(tmp_path_factory):
     os.environ["RD2T_CACHE_DIR"] = str(tmp_path_factory.mktemp("rd2t-cache"))
 
 
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where browser tests write their screenshots, to be looked at (RD2T_SCREENSHOTS, or a tmp folder)."""
+    folder = Path(os.environ.get("RD2T_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def texture_set(tmp_path_factory):
     """MVTec-layout tree: 24 good train, 6 good test, 6 stained test images with masks (96 px)."""

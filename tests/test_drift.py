@@ -5,7 +5,6 @@ PostgreSQL, and on the live view and Model page in Chromium."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -145,10 +144,3 @@ def test_live_view_and_model_page_show_the_drift_of_their_line(model_with_refere
         page.screenshot(path=str(screenshots / "model-drift.png"), full_page=True, animations="disabled")
         browser.close()
     assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("RD2T_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -127,13 +127,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("RD2T_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def new_page(browser, errors: list):
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     page.on("pageerror", lambda e: errors.append(str(e)))

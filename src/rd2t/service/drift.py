@@ -34,6 +34,11 @@ def percentile_among(value: float, reference: np.ndarray) -> float:
     return round(100.0 * float(below + (equal - below) / 2) / len(reference), 1)
 
 
+def level_state(percentile: float) -> str:
+    """The warning a percentile gives: "higher" at HIGH or above, "lower" at LOW or below, else "ok"."""
+    return "higher" if percentile >= HIGH else "lower" if percentile <= LOW else "ok"
+
+
 def score_level(recent: list[float], reference: list[float], threshold: float | None = None) -> dict:
     """Where the median of `recent` scores falls among `reference` (the model's held-out good scores).
 
@@ -61,7 +66,6 @@ def score_level(recent: list[float], reference: list[float], threshold: float | 
     elif len(now) < MIN_PARTS:
         out["state"] = "too_few"
     else:
-        pct = percentile_among(out["median"], ref)
-        out["percentile"] = pct
-        out["state"] = "higher" if pct >= HIGH else "lower" if pct <= LOW else "ok"
+        out["percentile"] = percentile_among(out["median"], ref)
+        out["state"] = level_state(out["percentile"])
     return out
